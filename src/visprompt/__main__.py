@@ -1,0 +1,5 @@
+import sys
+
+from visprompt.cli import main
+
+sys.exit(main())

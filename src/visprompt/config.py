@@ -1,0 +1,343 @@
+"""Typed run configuration: a YAML file plus dotted overrides, validated once at the edge.
+
+A run config has the sections ``backbone``, ``data``, ``noise``, ``method``,
+``optim``, ``eval`` and the keys ``precision`` and ``seed``. Each method
+registers its own pydantic model for its options (``method.name`` chooses it)
+and may declare optimiser defaults (e.g. VisPrompt's batch size 16) that apply
+wherever the user did not set a value.
+
+``load_run_config(path, overrides)`` is the only entry: it reads the YAML,
+applies ``--set a.b=value`` overrides (values parsed as YAML scalars), merges
+method defaults and returns a validated :class:`RunConfig`, or raises a
+one-line :class:`VispromptError` naming the bad key and the allowed ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from visprompt.errors import VispromptError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class BackboneConfig(Section):
+    """Which frozen model: a named one (``name``) or local weights (``checkpoint`` [+ ``arch``])."""
+
+    name: str | None = None
+    arch: str | None = None
+    checkpoint: str | None = None
+    allow_torchscript: bool = False
+    download: bool = False
+    pretrained: str = "openai"
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BackboneConfig:
+        if self.name is None and self.checkpoint is None and not (self.arch and self.download):
+            raise ValueError(
+                "set backbone.name (e.g. demo-tiny) or backbone.checkpoint (a local file)"
+            )
+        if self.name is not None and (self.checkpoint is not None or self.arch is not None):
+            raise ValueError("give either backbone.name or backbone.arch/checkpoint, not both")
+        return self
+
+
+class DataConfig(Section):
+    dataset: str
+    root: str | None = None
+    shots: int | None = Field(16, description="images per class for training; null = all")
+    val_shots: int | None = None
+    seed: int = 1
+    allow_fewer: bool = False
+    #: augmented views per training image in the frozen-feature cache
+    num_views: int = Field(10, ge=1)
+    #: fraction of unreadable images tolerated per split before failing
+    max_unreadable: float = Field(0.01, ge=0.0, le=1.0)
+    cache_dir: str | None = None
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("shots")
+    @classmethod
+    def _shots_positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("data.shots must be at least 1 (or null for all images)")
+        return v
+
+
+NoiseType = Literal["none", "real", "sym", "asym", "asym-semantic"]
+
+
+class NoiseConfig(Section):
+    type: NoiseType = "none"
+    rate: float = 0.0
+    protocol: Literal["relabel", "balanced"] = "relabel"
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_range(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"noise.rate must be in [0, 1), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _rate_matches_type(self) -> NoiseConfig:
+        if self.type in ("none", "real") and self.rate != 0.0:
+            raise ValueError(
+                f"noise.type {self.type} injects no noise, so noise.rate must be 0; "
+                "choose sym, asym or asym-semantic to inject noise"
+            )
+        return self
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 50
+    batch_size: int = 32
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = Field(1, ge=0)
+    warmup_lr: float = Field(1e-5, gt=0)
+
+    @field_validator("lr")
+    @classmethod
+    def _lr_positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {v}")
+        return v
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs_positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"optim.epochs must be at least 1, got {v}")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"optim.batch_size must be at least 1, got {v}")
+        return v
+
+
+class EvalConfig(Section):
+    #: evaluate on the test split every N epochs (0 = only after the last epoch)
+    every: int = Field(0, ge=0)
+    #: sequences per text-encoder chunk when prompts are per image
+    chunk_size: int = Field(1024, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+
+class MethodConfig(Section):
+    """Base of every method's options; subclasses add their own keys."""
+
+    name: str
+
+
+class RunConfig(Section):
+    backbone: BackboneConfig
+    data: DataConfig
+    noise: NoiseConfig = NoiseConfig()
+    method: SerializeAsAny[MethodConfig]
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    precision: Literal["fp32", "amp", "fp16"] = "fp32"
+    #: seed of initialisation and training order; noise and few-shot use data.seed
+    seed: int | None = None
+    #: recompute image features every step from fresh augmentations (reference behaviour)
+    use_cache: bool = True
+
+    @property
+    def train_seed(self) -> int:
+        return self.data.seed if self.seed is None else self.seed
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def run_id(self) -> str:
+        """Stable identity of a run: hash of its resolved config (16 hex digits)."""
+        payload = json.dumps(identity_dict(self.to_dict()), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+#: Keys that do not change a run's result and so are left out of its identity.
+NON_IDENTITY_KEYS = (("data", "cache_dir"), ("data", "num_workers"), ("backbone", "device"))
+
+
+def identity_dict(config: dict) -> dict:
+    out = copy.deepcopy(config)
+    for section, key in NON_IDENTITY_KEYS:
+        out.get(section, {}).pop(key, None)
+    return out
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.001"`` -> (["optim", "lr"], 0.001); the value is a YAML scalar/list."""
+    if "=" not in text:
+        raise VispromptError(f"override {text!r} has no '='; write it as key.sub=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise VispromptError(f"override {text!r} has an empty key; write it as key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def set_dotted(tree: dict, parts: list[str], value: Any) -> None:
+    node = tree
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise VispromptError(
+                f"cannot set {'.'.join(parts)}: {part} holds a value, not a section"
+            )
+        node = nxt
+    node[parts[-1]] = value
+
+
+def get_dotted(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise VispromptError(f"config file not found: {path}; give the path of a run YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise VispromptError(
+            f"config file {path} is not valid YAML{where}; fix its syntax"
+        ) from None
+    if not isinstance(data, dict):
+        raise VispromptError(f"config file {path} must hold a mapping of sections, not a list")
+    return data
+
+
+def _format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join([prefix, *loc] if prefix else loc) or "config"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        return f"unknown option {key!r}; allowed here: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        if len(loc) == 1 and loc[0] in ("backbone", "data", "method"):
+            example = {"backbone": "name=demo-tiny", "data": "dataset=...", "method": "name=coop"}
+            return (
+                f"missing section {key!r}; add it to the config (e.g. --set {key}.{example[key]})"
+            )
+        return f"missing option {key!r}; add it to the config or pass --set {key}=..."
+    msg = err["msg"].removeprefix("Value error, ")
+    given = err.get("input")
+    hide = isinstance(given, (dict, list)) or "got" in msg
+    shown = "" if hide else f" (got {given!r})"
+    return f"bad value for {key!r}: {msg}{shown}"
+
+
+def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    current: Any = model
+    for part in path:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+        args = getattr(current, "__args__", None)
+        if args:  # Optional[Section]
+            current = next((a for a in args if isinstance(a, type)), current)
+    return sorted(getattr(current, "model_fields", {}).keys())
+
+
+def validate_run_config(raw: dict) -> RunConfig:
+    """Validate a plain dict (YAML content + overrides) into a :class:`RunConfig`."""
+    from visprompt.methods import METHOD_REGISTRY  # late: methods import config
+
+    raw = copy.deepcopy(raw)
+    method_raw = raw.get("method")
+    if not isinstance(method_raw, dict) or "name" not in method_raw:
+        raise VispromptError(
+            "missing option 'method.name'; set it to one of: " + ", ".join(METHOD_REGISTRY.names())
+        )
+    entry = METHOD_REGISTRY.get(str(method_raw["name"]))
+    try:
+        method_cfg = entry.config_cls(**method_raw)
+    except ValidationError as exc:
+        raise VispromptError(
+            _format_validation_error(exc, entry.config_cls, prefix="method")
+        ) from None
+    optim_raw = dict(entry.optim_defaults)
+    optim_raw.update(raw.get("optim") or {})
+    raw["optim"] = optim_raw
+    raw["method"] = {"name": method_cfg.name}
+    try:
+        config = RunConfig(**raw)
+    except ValidationError as exc:
+        raise VispromptError(_format_validation_error(exc, RunConfig)) from None
+    config.method = method_cfg  # the subclass instance, with its own keys
+    entry.check(config)
+    return config
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a run YAML, apply ``key.sub=value`` overrides, validate, return a RunConfig."""
+    raw = read_yaml(path) if path is not None else {}
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        set_dotted(raw, parts, value)
+    return validate_run_config(raw)
+
+
+def config_from_dict(raw: dict) -> RunConfig:
+    """Validate an already-resolved config dict (e.g. a run folder's config.yaml)."""
+    return validate_run_config(raw)
+
+
+def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = sorted(set(a) | set(b))
+    out: list[str] = []
+    for key in keys:
+        name = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(diff_configs(va, vb, prefix=f"{name}."))
+        elif va != vb:
+            out.append(name)
+    return out

@@ -1,0 +1,121 @@
+"""Image transforms with CoOp/Dassl's defaults (torchvision v2, v1 as a fallback).
+
+- train: RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3/4, 4/3), bicubic)
+  -> RandomHorizontalFlip(0.5) -> to float tensor in [0, 1] -> Normalize(mean, std);
+- test: Resize(size, bicubic) on the shorter side -> CenterCrop(size) -> to float
+  tensor -> Normalize(mean, std).
+
+Augmentations draw from torch's global RNG (seed it, or each DataLoader worker,
+for reproducible views). :func:`transform_spec` describes both pipelines as a
+plain dict for cache keys: a cache built with other transforms is never reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+try:  # torchvision >= 0.16
+    from torchvision.transforms import v2 as T
+
+    _V2 = True
+except ImportError:  # pragma: no cover - old torchvision
+    from torchvision import transforms as T
+
+    _V2 = False
+
+from torchvision.transforms import InterpolationMode
+
+from visprompt.errors import VispromptError
+
+#: Dassl's ``INPUT.RRCROP_SCALE`` default and torchvision's default aspect ratios.
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+#: Bumped whenever the pipelines below change, so old caches stop matching.
+TRANSFORM_VERSION = 1
+
+
+def _to_tensor() -> list:
+    # v2 spells ToTensor as ToImage + ToDtype(scale=True): same values, no deprecation.
+    if _V2:
+        return [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
+    return [T.ToTensor()]  # pragma: no cover
+
+
+def _check(image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
+        raise VispromptError(f"image size {image_size!r} is not a positive integer; fix it")
+    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise VispromptError(
+            f"image mean {tuple(mean)} / std {tuple(std)} must be 3 numbers each, std > 0; fix them"
+        )
+
+
+def build_transforms(
+    image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> tuple[Callable, Callable]:
+    """``(train_transform, test_transform)`` mapping an RGB PIL image to a (3, S, S) tensor.
+
+    Args:
+        image_size: output side S (the backbone's input resolution).
+        mean: per-channel mean for normalisation (the backbone's).
+        std: per-channel standard deviation (the backbone's).
+
+    Raises:
+        VispromptError: a non-positive size, or mean/std not three numbers.
+    """
+    _check(image_size, mean, std)
+    normalize = T.Normalize(mean=list(mean), std=list(std))
+    bicubic = InterpolationMode.BICUBIC
+    train = T.Compose(
+        [
+            T.RandomResizedCrop(
+                image_size, scale=CROP_SCALE, ratio=CROP_RATIO, interpolation=bicubic
+            ),
+            T.RandomHorizontalFlip(p=0.5),
+            *_to_tensor(),
+            normalize,
+        ]
+    )
+    test = T.Compose(
+        [
+            T.Resize(image_size, interpolation=bicubic),
+            T.CenterCrop(image_size),
+            *_to_tensor(),
+            normalize,
+        ]
+    )
+    return train, test
+
+
+def transform_spec(image_size: int, mean: Sequence[float], std: Sequence[float]) -> dict:
+    """A JSON-friendly description of :func:`build_transforms`' pipelines (for cache keys).
+
+    Floats are rounded to 6 decimals so that equal settings written differently
+    (``0.48145466`` vs ``0.481454660``) give the same key.
+    """
+    _check(image_size, mean, std)
+    return {
+        "version": TRANSFORM_VERSION,
+        "image_size": image_size,
+        "mean": [round(float(m), 6) for m in mean],
+        "std": [round(float(s), 6) for s in std],
+        "train": [
+            {
+                "op": "random_resized_crop",
+                "scale": list(CROP_SCALE),
+                "ratio": [round(r, 6) for r in CROP_RATIO],
+                "interpolation": "bicubic",
+            },
+            {"op": "horizontal_flip", "p": 0.5},
+            {"op": "to_tensor"},
+            {"op": "normalize"},
+        ],
+        "test": [
+            {"op": "resize_shorter", "interpolation": "bicubic"},
+            {"op": "center_crop"},
+            {"op": "to_tensor"},
+            {"op": "normalize"},
+        ],
+    }

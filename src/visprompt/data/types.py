@@ -1,0 +1,68 @@
+"""Plain records that flow from dataset readers to the trainer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image: absolute path, integer label in 0..K-1, class name."""
+
+    path: str
+    label: int
+    classname: str
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """A dataset's train/val/test lists and its K class names (index = label)."""
+
+    name: str
+    classnames: tuple[str, ...]
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    test: tuple[Sample, ...]
+    #: True labels are unknown/unreliable in ``train`` (e.g. Food-101N's web labels).
+    real_noise: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def with_splits(self, **splits: Sequence[Sample]) -> DatasetSplits:
+        return replace(self, **{k: tuple(v) for k, v in splits.items()})
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: how to read it and what a user needs to know about it.
+
+    Attributes:
+        name: registry name (``caltech101``, ``folder``, ...).
+        description: one line for ``visprompt datasets list``.
+        layout: the expected folder layout under ``--root``, shown in errors.
+        read: ``read(root, seed=...) -> DatasetSplits``; raises ``VispromptError``
+            naming the missing file or folder.
+        templates: CoOp's hand-written zero-shot templates (``{}`` = class name).
+        real_noise: the training labels carry real (unknown) noise.
+        needs_root: False for generated datasets that live in a cache folder.
+    """
+
+    name: str
+    description: str
+    layout: str
+    read: Callable[..., DatasetSplits]
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+    real_noise: bool = False
+    needs_root: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_root(root: str | Path | None) -> Path | None:
+    return None if root is None else Path(root).expanduser().resolve()

@@ -1,0 +1,95 @@
+"""Checkpoints: prompt weights (safetensors) and full training state, written atomically.
+
+A run folder holds
+
+* ``prompt.safetensors`` - the method's weights (what ``eval``/``predict`` load),
+  with metadata naming the method, the backbone fingerprint and the class list
+  so a mismatch is caught before any weight is used;
+* ``state.pt`` - everything a resume needs in one file: weights, optimiser and
+  scheduler state, RNG states, the method's extra state and the metric history.
+
+Each file is written to a temporary name and renamed, so a crash never leaves
+a half-written file; ``state.pt`` is written first, so the weights file is never
+newer than the state it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from visprompt.errors import VispromptError
+
+STATE_FILE = "state.pt"
+WEIGHTS_FILE = "prompt.safetensors"
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(run_dir: Path, state: dict[str, Any]) -> None:
+    atomic_write_bytes(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        raise VispromptError(
+            f"no checkpoint in {run_dir} (missing {STATE_FILE}); start the run without --resume"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise VispromptError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}); delete the run folder "
+            "and train again"
+        ) from None
+
+
+def save_weights(path: Path, weights: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not path.is_file():
+        raise VispromptError(f"no prompt weights at {path}; is the run finished?")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open API
+    return tensors, meta

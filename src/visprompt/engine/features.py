@@ -1,0 +1,322 @@
+"""The frozen-feature cache: the image encoder runs once per (backbone, images, transform).
+
+The backbone never changes, so the image features every method trains on are
+computed once and stored on disk:
+
+* a *clean* view (resize + centre crop) of every image of a split, and
+* ``V`` augmented views (random-resized-crop + flip) of every training image,
+  each view drawn with a seed that depends only on the image path and the view
+  index, so the same image always gets the same V views.
+
+Entries are keyed by a hash of: the backbone's fingerprint (checkpoint hash),
+the ordered list of image paths, the transform, V, and whether multi-scale patch
+tokens are stored. A different checkpoint, few-shot draw or transform therefore
+never reuses stale features. Files are written atomically (temporary file, then
+rename), so an interrupted extraction never leaves a half-written entry.
+
+Training samples one cached view per image per epoch and never runs the image
+encoder again; ``LiveFeatures`` instead encodes freshly augmented images every
+step (the reference implementations' behaviour, kept for comparison).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from visprompt.backbone import FrozenCLIP
+from visprompt.data.images import load_rgb
+from visprompt.data.transforms import build_transforms, transform_spec
+from visprompt.data.types import Sample
+from visprompt.methods.base import FeatureBatch
+
+CACHE_VERSION = 1
+#: Grid sizes of the adaptive pooling of ViT patch tokens (1 + 4 + 16 = 21 tokens).
+PATCH_SCALES = (1, 2, 4)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("VISPROMPT_CACHE") or Path.home() / ".cache" / "visprompt"
+    return Path(root) / "features"
+
+
+def pool_patch_tokens(tokens: torch.Tensor, scales: Sequence[int] = PATCH_SCALES) -> torch.Tensor:
+    """(B, gh, gw, D) patch tokens -> (B, sum(s*s), D) adaptive-average-pooled tokens."""
+    grid = tokens.permute(0, 3, 1, 2)
+    pooled = [F.adaptive_avg_pool2d(grid, s).flatten(2).transpose(1, 2) for s in scales]
+    return torch.cat(pooled, dim=1)
+
+
+def view_seed(path: str, view: int) -> int:
+    """Seed of augmented view ``view`` of the image at ``path`` (stable across runs)."""
+    digest = hashlib.sha256(f"{path}|{view}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class SplitFeatures:
+    """Cached features of one list of images.
+
+    Attributes:
+        image: (N, D) normalised global embeddings of the clean view.
+        patches: (N, T, D) pooled patch tokens of the clean view, or None.
+        views: (V, N, D) normalised embeddings of V augmented views, or None.
+        view_patches: (V, N, T, D) pooled patch tokens of the views, or None.
+        ok: (N,) False for images that could not be read (their features are zeros).
+    """
+
+    image: torch.Tensor
+    ok: torch.Tensor
+    patches: torch.Tensor | None = None
+    views: torch.Tensor | None = None
+    view_patches: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def clean(self, idx: torch.Tensor | slice | None = None) -> FeatureBatch:
+        idx = slice(None) if idx is None else idx
+        patches = None if self.patches is None else self.patches[idx].float()
+        return FeatureBatch(image=self.image[idx], patches=patches)
+
+    def view(self, view_index: torch.Tensor, idx: torch.Tensor) -> FeatureBatch:
+        """Features of samples ``idx`` under views ``view_index`` (one per sample)."""
+        if self.views is None:
+            return self.clean(idx)
+        image = self.views[view_index, idx]
+        patches = None
+        if self.view_patches is not None:
+            patches = self.view_patches[view_index, idx].float()
+        return FeatureBatch(image=image, patches=patches)
+
+    def subset(self, keep: torch.Tensor) -> SplitFeatures:
+        """Only the samples where ``keep`` (bool (N,)) is True."""
+        return SplitFeatures(
+            image=self.image[keep],
+            ok=self.ok[keep],
+            patches=None if self.patches is None else self.patches[keep],
+            views=None if self.views is None else self.views[:, keep],
+            view_patches=None if self.view_patches is None else self.view_patches[:, keep],
+        )
+
+
+class _ViewsDataset(Dataset):
+    """Each item: all V augmented views of one image (decoded once), its index, ok flag."""
+
+    def __init__(self, samples: Sequence[Sample], transform, num_views: int, image_size: int):
+        self.samples, self.transform = list(samples), transform
+        self.num_views, self.image_size = num_views, image_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path = self.samples[index].path
+        image = load_rgb(path)
+        if image is None:
+            blank = torch.zeros(self.num_views, 3, self.image_size, self.image_size)
+            return blank, index, False
+        views = []
+        for v in range(self.num_views):
+            torch.manual_seed(view_seed(path, v))
+            views.append(self.transform(image))
+        return torch.stack(views), index, True
+
+
+class _CleanDataset(Dataset):
+    def __init__(self, samples: Sequence[Sample], transform, image_size: int):
+        self.samples, self.transform, self.image_size = list(samples), transform, image_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        image = load_rgb(self.samples[index].path)
+        if image is None:
+            return torch.zeros(1, 3, self.image_size, self.image_size), index, False
+        return self.transform(image).unsqueeze(0), index, True
+
+
+class FeatureExtractor:
+    """Runs the frozen image encoder over lists of images (clean or augmented views)."""
+
+    def __init__(
+        self,
+        backbone: FrozenCLIP,
+        with_patches: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.with_patches = with_patches
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.progress = progress
+        self.train_tf, self.test_tf = build_transforms(
+            backbone.image_size, backbone.image_mean, backbone.image_std
+        )
+
+    def spec(self, augmented: bool) -> dict:
+        size, mean, std = (
+            self.backbone.image_size,
+            self.backbone.image_mean,
+            self.backbone.image_std,
+        )
+        return {**transform_spec(size, mean, std), "augmented": augmented}
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 3, H, W) -> normalised (B, D) and pooled patches (B, T, D) or None."""
+        if self.with_patches:
+            glob, tokens = self.backbone.encode_image(images, return_patches=True)
+            return glob.cpu(), pool_patch_tokens(tokens).cpu()
+        return self.backbone.encode_image(images).cpu(), None
+
+    def extract(
+        self, samples: Sequence[Sample], num_views: int = 0, desc: str = ""
+    ) -> SplitFeatures:
+        """Clean features (``num_views=0``) or V augmented views of ``samples``."""
+        n = len(samples)
+        size = self.backbone.image_size
+        if num_views:
+            dataset: Dataset = _ViewsDataset(samples, self.train_tf, num_views, size)
+            per_item = num_views
+        else:
+            dataset = _CleanDataset(samples, self.test_tf, size)
+            per_item = 1
+        loader = DataLoader(
+            dataset,
+            batch_size=max(1, self.batch_size // per_item),
+            shuffle=False,
+            num_workers=self.num_workers,
+        )
+        dim = self.backbone.embed_dim
+        feats = torch.zeros(per_item, n, dim)
+        patches = None
+        ok = torch.zeros(n, dtype=torch.bool)
+        bar = tqdm(total=n, desc=desc or "encoding images", disable=not self.progress, leave=False)
+        with torch.random.fork_rng(devices=[]):
+            for images, index, good in loader:
+                b = images.shape[0]
+                glob, pooled = self.encode(images.flatten(0, 1))
+                feats[:, index] = glob.view(b, per_item, dim).transpose(0, 1)
+                if pooled is not None:
+                    if patches is None:
+                        patches = torch.zeros(per_item, n, pooled.shape[1], dim, dtype=torch.half)
+                    patches[:, index] = pooled.view(b, per_item, -1, dim).transpose(0, 1).half()
+                ok[index] = good
+                bar.update(b)
+        bar.close()
+        feats[:, ~ok] = 0.0
+        if num_views:
+            return SplitFeatures(image=feats[0].clone(), ok=ok, views=feats, view_patches=patches)
+        return SplitFeatures(image=feats[0], ok=ok, patches=None if patches is None else patches[0])
+
+
+class FeatureCache:
+    """Disk cache of :class:`SplitFeatures`, keyed by backbone, images, transform and views.
+
+    Args:
+        extractor: computes features on a miss.
+        root: cache folder (default ``$VISPROMPT_CACHE/features``).
+        store: write new entries to disk (False keeps everything in memory).
+    """
+
+    def __init__(self, extractor: FeatureExtractor, root: Path | None = None, store: bool = True):
+        self.extractor = extractor
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.store = store
+        #: how many entries were computed (misses) and loaded (hits) by this cache
+        self.misses = 0
+        self.hits = 0
+
+    def key(self, samples: Sequence[Sample], num_views: int) -> str:
+        ident = self.extractor.backbone.identity
+        payload = {
+            "version": CACHE_VERSION,
+            "backbone": ident.fingerprint,
+            "arch": ident.arch,
+            "paths": hashlib.sha256("\n".join(s.path for s in samples).encode()).hexdigest(),
+            "transform": self.extractor.spec(augmented=num_views > 0),
+            "views": num_views,
+            "patches": self.extractor.with_patches,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, samples: Sequence[Sample], num_views: int = 0, desc: str = "") -> SplitFeatures:
+        key = self.key(samples, num_views)
+        path = self.path(key)
+        if self.store and path.is_file():
+            try:
+                loaded = _load(path)
+                if len(loaded.ok) == len(samples):
+                    self.hits += 1
+                    return loaded
+            except Exception:  # a damaged entry is recomputed, never trusted
+                pass
+        self.misses += 1
+        feats = self.extractor.extract(samples, num_views=num_views, desc=desc)
+        if self.store:
+            _save_atomic(path, feats)
+        return feats
+
+
+def _save_atomic(path: Path, feats: SplitFeatures) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"image": feats.image.contiguous(), "ok": feats.ok.to(torch.uint8)}
+    for name in ("patches", "views", "view_patches"):
+        value = getattr(feats, name)
+        if value is not None:
+            tensors[name] = value.contiguous()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load(path: Path) -> SplitFeatures:
+    t = load_file(str(path))
+    return SplitFeatures(
+        image=t["image"],
+        ok=t["ok"].bool(),
+        patches=t.get("patches"),
+        views=t.get("views"),
+        view_patches=t.get("view_patches"),
+    )
+
+
+class LiveFeatures:
+    """Encodes freshly augmented training images every step (no cache; reference behaviour)."""
+
+    def __init__(self, extractor: FeatureExtractor, samples: Sequence[Sample]):
+        self.extractor = extractor
+        self.samples = list(samples)
+
+    def batch(self, idx: torch.Tensor) -> FeatureBatch:
+        images = []
+        for i in idx.tolist():
+            image = load_rgb(self.samples[i].path)
+            size = self.extractor.backbone.image_size
+            images.append(
+                torch.zeros(3, size, size) if image is None else self.extractor.train_tf(image)
+            )
+        glob, pooled = self.extractor.encode(torch.stack(images))
+        return FeatureBatch(image=glob, patches=pooled)

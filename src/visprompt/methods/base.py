@@ -1,0 +1,199 @@
+"""What every method gives the trainer, and what the trainer gives every method.
+
+A method is an ``nn.Module`` holding only its trainable prompt module (the
+frozen backbone is referenced, not registered, so the method's ``state_dict``
+is exactly the prompt weights). The trainer knows the loop; the method knows
+its math:
+
+* ``start_epoch(ctx) -> EpochPlan`` - called before every epoch; decides which
+  samples form which batches and in which loss group (e.g. NLPrompt's OT split
+  into clean and noisy), and returns statistics to log;
+* ``training_loss(batch) -> StepOutput`` - the loss of one batch (and its logits);
+* ``forward(features) -> logits`` - evaluation/prediction logits (B, K);
+* ``extra_state()/load_extra_state()`` - non-parameter state that must survive
+  a resume (e.g. JoAPR's loss history), as JSON-able values or tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visprompt.backbone import FrozenCLIP
+from visprompt.config import MethodConfig
+
+
+@dataclass
+class FeatureBatch:
+    """Frozen image features of a batch of images.
+
+    Attributes:
+        image: (B, D) L2-normalised global embeddings.
+        patches: (B, T, D) multi-scale pooled patch tokens (ViT only), when the
+            method asked for them (``needs_patches``), else None.
+    """
+
+    image: torch.Tensor
+    patches: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def index(self, idx: torch.Tensor | slice) -> FeatureBatch:
+        return FeatureBatch(
+            image=self.image[idx], patches=None if self.patches is None else self.patches[idx]
+        )
+
+    def to(self, device: torch.device) -> FeatureBatch:
+        return FeatureBatch(
+            image=self.image.to(device, non_blocking=True),
+            patches=None if self.patches is None else self.patches.to(device, non_blocking=True),
+        )
+
+
+@dataclass
+class TrainBatch:
+    """One training batch: features, given (noisy) labels, sample indices, loss groups."""
+
+    features: FeatureBatch
+    labels: torch.Tensor
+    index: torch.Tensor
+    group: torch.Tensor
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor
+    #: scalar parts of the loss for logging (floats)
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EpochContext:
+    """What the trainer tells a method before an epoch.
+
+    ``predict_train()`` returns class probabilities (N, K) of every training
+    sample under the current model: eval mode, no gradient, clean cached view.
+    """
+
+    epoch: int
+    num_epochs: int
+    batch_size: int
+    labels: torch.Tensor
+    true_labels: torch.Tensor | None
+    generator: torch.Generator
+    predict_train: Callable[[], torch.Tensor]
+
+
+@dataclass
+class EpochPlan:
+    """The batches of one epoch and each sample's loss group.
+
+    Attributes:
+        batches: index tensors into the training set, in the order to train on.
+        group: (N,) int group of each sample this epoch (method-defined; 0 = default).
+        stats: numbers to log for this epoch (e.g. purification precision).
+    """
+
+    batches: list[torch.Tensor]
+    group: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def shuffled_batches(
+    indices: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """``indices`` in a random order, cut into batches (the last one may be smaller)."""
+    if indices.numel() == 0:
+        return []
+    order = indices[torch.randperm(indices.numel(), generator=generator)]
+    return list(order.split(batch_size))
+
+
+class PromptMethod(nn.Module):
+    """Base class of every method (see module docstring for the contract)."""
+
+    #: False for methods without parameters (zero-shot): ``train`` only evaluates.
+    trainable: ClassVar[bool] = True
+    #: Prompts differ per image (B*K text sequences per step).
+    per_image: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        backbone: FrozenCLIP,
+        classnames: Sequence[str],
+        config: MethodConfig,
+        templates: Sequence[str] = ("a photo of a {}.",),
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        # Not registered as a submodule: the method's state_dict is its prompt module only.
+        self.__dict__["backbone"] = backbone
+        self.classnames = tuple(classnames)
+        self.config = config
+        self.templates = tuple(templates)
+        self.chunk_size = chunk_size
+        self.logit_scale = backbone.logit_scale
+
+    backbone: FrozenCLIP
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def needs_patches(self) -> bool:
+        return False
+
+    def describe(self) -> str:
+        """One line for the start of training (trainable parameter count)."""
+        n = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return f"{self.config.name}: {n:,} trainable parameters"
+
+    # -- evaluation -------------------------------------------------------
+    def class_text_features(self) -> torch.Tensor | None:
+        """(K, D) normalised text features when prompts are shared by all images, else None.
+
+        Evaluation computes them once and passes them to ``forward`` for every batch.
+        """
+        return None
+
+    def forward(
+        self, features: FeatureBatch, text_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- training ---------------------------------------------------------
+    def start_epoch(self, ctx: EpochContext) -> EpochPlan:
+        n = ctx.labels.numel()
+        return EpochPlan(
+            batches=shuffled_batches(torch.arange(n), ctx.batch_size, ctx.generator),
+            group=torch.zeros(n, dtype=torch.long),
+        )
+
+    def training_loss(self, batch: TrainBatch) -> StepOutput:
+        logits = self(batch.features)
+        return StepOutput(loss=F.cross_entropy(logits, batch.labels), logits=logits)
+
+    # -- state beyond parameters ------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no extra state, got {sorted(state)}")
+
+
+def cosine_logits(image: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """``logit_scale * cos(image, text)``; text (K, D) shared or (B, K, D) per image."""
+    image = F.normalize(image.float(), dim=-1)
+    text = F.normalize(text.float(), dim=-1)
+    if text.dim() == 2:
+        return logit_scale * image @ text.t()
+    return logit_scale * torch.einsum("bd,bkd->bk", image, text)

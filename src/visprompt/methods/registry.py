@@ -1,0 +1,63 @@
+"""The method registry: one file per method registers itself with ``@register_method``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from visprompt.config import MethodConfig, RunConfig
+from visprompt.registry import Registry
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered method.
+
+    Attributes:
+        name: ``method.name`` in run configs.
+        cls: the :class:`~visprompt.methods.base.PromptMethod` subclass.
+        config_cls: pydantic model of the method's options (subclass of MethodConfig).
+        optim_defaults: optimiser settings of the method's reference (applied where
+            the user set nothing).
+        text_cost: text-encoder sequences per training step (README's method table).
+        description: one line for ``visprompt methods``.
+        check: cross-section validation, e.g. ``visual_tokens: patches`` needs a
+            ViT; raises VispromptError.
+    """
+
+    name: str
+    cls: type
+    config_cls: type[MethodConfig]
+    optim_defaults: dict = field(default_factory=dict)
+    text_cost: str = "K"
+    description: str = ""
+    check: Callable[[RunConfig], None] = lambda config: None
+
+
+METHOD_REGISTRY: Registry[MethodEntry] = Registry("method")
+
+
+def register_method(
+    name: str,
+    config: type[MethodConfig],
+    optim_defaults: dict | None = None,
+    text_cost: str = "K",
+    description: str = "",
+    check: Callable[[RunConfig], None] | None = None,
+) -> Callable[[type], type]:
+    """Class decorator: register a PromptMethod subclass under ``name``."""
+
+    def decorate(cls: type) -> type:
+        entry = MethodEntry(
+            name=name,
+            cls=cls,
+            config_cls=config,
+            optim_defaults=dict(optim_defaults or {}),
+            text_cost=text_cost,
+            description=description or (cls.__doc__ or "").strip().splitlines()[0],
+            check=check or (lambda config: None),
+        )
+        METHOD_REGISTRY.register(name)(entry)
+        return cls
+
+    return decorate

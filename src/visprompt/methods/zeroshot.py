@@ -1,0 +1,53 @@
+"""Zero-shot CLIP: class text features from hand-written templates, no training.
+
+Each class's classifier is the normalised mean of the normalised text features
+of its templates (CoOp's per-dataset template; several are averaged).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from visprompt.backbone import clean_classname
+from visprompt.config import MethodConfig
+from visprompt.methods.base import FeatureBatch, PromptMethod, cosine_logits
+from visprompt.methods.registry import register_method
+
+
+class ZeroShotConfig(MethodConfig):
+    name: Literal["zeroshot"] = "zeroshot"
+    #: templates to use instead of the dataset's own (``{}`` = class name)
+    templates: list[str] | None = None
+
+
+@register_method(
+    "zeroshot",
+    config=ZeroShotConfig,
+    text_cost="0 (text features computed once)",
+    description="zero-shot CLIP with the dataset's hand-written templates",
+)
+class ZeroShot(PromptMethod):
+    """Zero-shot CLIP with hand-written templates; nothing trains."""
+
+    trainable = False
+
+    def __init__(self, backbone, classnames, config: ZeroShotConfig, templates=(), chunk_size=None):
+        super().__init__(backbone, classnames, config, templates, chunk_size)
+        used = tuple(config.templates or templates or ("a photo of a {}.",))
+        feats = []
+        for name in self.classnames:
+            texts = [t.format(clean_classname(name)) for t in used]
+            feats.append(F.normalize(backbone.encode_text(texts).mean(0), dim=-1))
+        self.register_buffer("text", torch.stack(feats), persistent=False)
+        self.used_templates = used
+
+    def class_text_features(self) -> torch.Tensor:
+        return self.text
+
+    def forward(
+        self, features: FeatureBatch, text_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return cosine_logits(features.image, self.text, self.logit_scale)

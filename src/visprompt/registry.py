@@ -1,0 +1,51 @@
+"""Plain-dict registries filled by decorators (timm style).
+
+Adding a dataset, method or named backbone is one new file that decorates a
+factory with ``@REGISTRY.register("name")``; looking up an unknown name raises a
+:class:`~visprompt.errors.VispromptError` that lists the known ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from visprompt.errors import VispromptError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> object mapping with a decorator to fill it and a helpful lookup error."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorate(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = obj
+            return obj
+
+        return decorate
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries))
+            raise VispromptError(f"unknown {self.kind} {name!r}; choose one of: {known}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
