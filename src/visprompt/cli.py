@@ -9,6 +9,7 @@ checkpoint.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -17,6 +18,10 @@ from pathlib import Path
 from visprompt.errors import VispromptError
 
 Handler = Callable[[argparse.Namespace], int]
+
+#: Modules that add their own subcommands: each has ``add_commands(subparsers)``
+#: whose parsers set ``func`` to a handler ``(args) -> exit code``.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -208,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-verify", action="store_true", help="do not decode every image")
     q.add_argument("--quiet", "-q", action="store_true")
     q.set_defaults(func=cmd_datasets_check)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_commands(sub)
 
     p = sub.add_parser("methods", help="list the methods")
     p.set_defaults(func=cmd_methods)

@@ -145,9 +145,17 @@ class OptimConfig(Section):
 class EvalConfig(Section):
     #: evaluate on the test split every N epochs (0 = only after the last epoch)
     every: int = Field(0, ge=0)
-    #: sequences per text-encoder chunk when prompts are per image
+
+
+class EngineConfig(Section):
+    """How the work is done; none of these change a run's numbers beyond float error."""
+
+    #: at most this many prompt sequences per text-encoder call (bounds memory)
     chunk_size: int = Field(1024, ge=1)
+    #: batch size of no-gradient passes (evaluation, purification, feature extraction)
     batch_size: int = Field(256, ge=1)
+    #: ``shared-prefix`` (exact; class-token-at-end prompts), ``truncated`` (cut at EOT)
+    text_encoding: Literal["shared-prefix", "truncated"] = "shared-prefix"
 
 
 class MethodConfig(Section):
@@ -163,6 +171,7 @@ class RunConfig(Section):
     method: SerializeAsAny[MethodConfig]
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    engine: EngineConfig = EngineConfig()
     precision: Literal["fp32", "amp", "fp16"] = "fp32"
     #: seed of initialisation and training order; noise and few-shot use data.seed
     seed: int | None = None
@@ -183,13 +192,21 @@ class RunConfig(Section):
 
 
 #: Keys that do not change a run's result and so are left out of its identity.
-NON_IDENTITY_KEYS = (("data", "cache_dir"), ("data", "num_workers"), ("backbone", "device"))
+NON_IDENTITY_KEYS = (
+    ("data", "cache_dir"),
+    ("data", "num_workers"),
+    ("backbone", "device"),
+    ("engine", None),
+)
 
 
 def identity_dict(config: dict) -> dict:
     out = copy.deepcopy(config)
     for section, key in NON_IDENTITY_KEYS:
-        out.get(section, {}).pop(key, None)
+        if key is None:
+            out.pop(section, None)
+        else:
+            out.get(section, {}).pop(key, None)
     return out
 
 
@@ -302,9 +319,9 @@ def validate_run_config(raw: dict) -> RunConfig:
         raise VispromptError(
             _format_validation_error(exc, entry.config_cls, prefix="method")
         ) from None
-    optim_raw = dict(entry.optim_defaults)
-    optim_raw.update(raw.get("optim") or {})
-    raw["optim"] = optim_raw
+    for dotted, value in entry.defaults.items():
+        if get_dotted(raw, dotted) is None:
+            set_dotted(raw, dotted.split("."), value)
     raw["method"] = {"name": method_cfg.name}
     try:
         config = RunConfig(**raw)

@@ -84,6 +84,8 @@ class FrozenCLIP(nn.Module):
             p.requires_grad_(False)
         self.model.eval()
         self.tokenizer = clip_tokenizer(int(model.context_length))
+        #: how ``encode_class_prompts`` runs the text tower: ``shared-prefix`` or ``truncated``
+        self.text_encoding = "shared-prefix"
 
     # ------------------------------------------------------------------ facts
     @property

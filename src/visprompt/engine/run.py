@@ -65,7 +65,7 @@ def _stderr(message: str) -> None:
 
 def build_backbone(cfg: RunConfig) -> FrozenCLIP:
     b = cfg.backbone
-    return load_backbone(
+    backbone = load_backbone(
         name=b.name,
         arch=b.arch,
         checkpoint=b.checkpoint,
@@ -75,6 +75,8 @@ def build_backbone(cfg: RunConfig) -> FrozenCLIP:
         device=b.device,
         precision=cfg.precision,
     )
+    backbone.text_encoding = cfg.engine.text_encoding
+    return backbone
 
 
 def read_dataset(cfg: RunConfig) -> tuple[DatasetSpec, DatasetSplits]:
@@ -137,7 +139,7 @@ def build_method(
     entry = METHOD_REGISTRY.get(cfg.method.name)
     torch.manual_seed(cfg.train_seed)  # context initialisation
     method = entry.cls(
-        backbone, classnames, cfg.method, templates=templates, chunk_size=cfg.eval.chunk_size
+        backbone, classnames, cfg.method, templates=templates, chunk_size=cfg.engine.chunk_size
     )
     return method.to(backbone.device)
 
@@ -238,7 +240,7 @@ def prepare_run(cfg: RunConfig, progress: bool = True, log: Log = _stderr) -> Pr
     extractor = FeatureExtractor(
         backbone,
         with_patches=method.needs_patches,
-        batch_size=cfg.eval.batch_size,
+        batch_size=cfg.engine.batch_size,
         num_workers=cfg.data.num_workers,
         progress=progress,
     )
@@ -294,7 +296,7 @@ def prepare_run(cfg: RunConfig, progress: bool = True, log: Log = _stderr) -> Pr
 
 def evaluate_test(prep: PreparedRun) -> dict[str, float]:
     logits = predict_logits(
-        prep.method, prep.test_features.clean(), prep.cfg.eval.batch_size, prep.cfg.precision
+        prep.method, prep.test_features.clean(), prep.cfg.engine.batch_size, prep.cfg.precision
     )
     m = accuracy_metrics(logits, prep.test_labels)
     return {"test_accuracy": m["accuracy"], "test_macro_accuracy": m["macro_accuracy"]}
@@ -346,7 +348,7 @@ def train_run(
         cfg.optim,
         seed=cfg.train_seed,
         precision=cfg.precision,
-        eval_batch_size=cfg.eval.batch_size,
+        eval_batch_size=cfg.engine.batch_size,
         progress=progress,
     )
     history: list[dict] = []
@@ -515,7 +517,7 @@ def run_features(run: LoadedRun, samples: Sequence[Sample], progress: bool = Tru
     extractor = FeatureExtractor(
         run.backbone,
         with_patches=run.method.needs_patches,
-        batch_size=run.cfg.eval.batch_size,
+        batch_size=run.cfg.engine.batch_size,
         num_workers=run.cfg.data.num_workers,
         progress=progress,
     )
@@ -531,7 +533,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", progress: bool = True
     samples, labels = split_samples(run, split)
     feats = run_features(run, samples, progress)
     keep = feats.ok
-    logits = predict_logits(run.method, feats.subset(keep).clean(), run.cfg.eval.batch_size)
+    logits = predict_logits(run.method, feats.subset(keep).clean(), run.cfg.engine.batch_size)
     metrics = accuracy_metrics(logits, labels[keep])
     return {"split": split, "num_images": int(keep.sum()), **metrics}
 

@@ -17,8 +17,8 @@ class MethodEntry:
         name: ``method.name`` in run configs.
         cls: the :class:`~visprompt.methods.base.PromptMethod` subclass.
         config_cls: pydantic model of the method's options (subclass of MethodConfig).
-        optim_defaults: optimiser settings of the method's reference (applied where
-            the user set nothing).
+        defaults: dotted config keys -> values of the method's reference (e.g.
+            ``{"optim.batch_size": 16}``), applied wherever the user set nothing.
         text_cost: text-encoder sequences per training step (README's method table).
         description: one line for ``visprompt methods``.
         check: cross-section validation, e.g. ``visual_tokens: patches`` needs a
@@ -28,7 +28,7 @@ class MethodEntry:
     name: str
     cls: type
     config_cls: type[MethodConfig]
-    optim_defaults: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
     text_cost: str = "K"
     description: str = ""
     check: Callable[[RunConfig], None] = lambda config: None
@@ -40,7 +40,7 @@ METHOD_REGISTRY: Registry[MethodEntry] = Registry("method")
 def register_method(
     name: str,
     config: type[MethodConfig],
-    optim_defaults: dict | None = None,
+    defaults: dict | None = None,
     text_cost: str = "K",
     description: str = "",
     check: Callable[[RunConfig], None] | None = None,
@@ -52,7 +52,7 @@ def register_method(
             name=name,
             cls=cls,
             config_cls=config,
-            optim_defaults=dict(optim_defaults or {}),
+            defaults=dict(defaults or {}),
             text_cost=text_cost,
             description=description or (cls.__doc__ or "").strip().splitlines()[0],
             check=check or (lambda config: None),
