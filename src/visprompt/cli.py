@@ -21,7 +21,10 @@ Handler = Callable[[argparse.Namespace], int]
 
 #: Modules that add their own subcommands: each has ``add_commands(subparsers)``
 #: whose parsers set ``func`` to a handler ``(args) -> exit code``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "visprompt.experiments.label_issues",
+    "visprompt.experiments.commands",
+)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

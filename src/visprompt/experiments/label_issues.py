@@ -1,0 +1,184 @@
+"""Label-issue export: which training labels are probably wrong, most likely first.
+
+For every training sample of a finished run: its file, the given label, the
+label the trained model predicts, the model's probability of the given label,
+a verdict (clean/noisy) and a rank score. The verdict of methods trained with
+OT purification (nlprompt, visprompt) is the OT split computed with the final
+model and the run's own OT settings; for every other method a label is judged
+noisy when the model's prediction differs from it. The rank score is
+``1 - p(given label)`` (cleanlab's self-confidence, inverted); rows are sorted
+with noisy verdicts first, then by decreasing score.
+
+When the true labels are known (synthetic noise) the summary has precision and
+recall of the "noisy" verdict and precision among the top-k rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from visprompt.data.types import Sample
+from visprompt.engine.checkpoint import atomic_write_text
+from visprompt.engine.evaluate import predict_logits
+from visprompt.engine.run import TRAINSET_FILE, load_run, run_features
+from visprompt.methods.ot_training import OTConfig, run_purification
+
+CSV_COLUMNS = (
+    "rank",
+    "path",
+    "given_label",
+    "predicted_label",
+    "prob_given",
+    "prob_predicted",
+    "verdict",
+    "rank_score",
+    "true_label",
+)
+
+
+@dataclass
+class LabelIssues:
+    """Rows (one per training sample, most likely wrong first) and a summary."""
+
+    rows: list[dict]
+    summary: dict
+    verdict_source: str
+
+
+def find_label_issues(run_dir: str | Path, progress: bool = False) -> LabelIssues:
+    """Score every training label of a finished run (see module docstring)."""
+    run = load_run(run_dir)
+    data = json.loads((run.out / TRAINSET_FILE).read_text())
+    given = torch.tensor(data["given_labels"], dtype=torch.long)
+    samples = [
+        Sample(path=p, label=int(y), classname=run.classnames[int(y)])
+        for p, y in zip(data["paths"], data["given_labels"], strict=True)
+    ]
+    feats = run_features(run, samples, progress=progress)
+    probs = predict_logits(run.method, feats.clean(), run.cfg.engine.batch_size).softmax(dim=-1)
+    predicted = probs.argmax(dim=-1)
+    prob_given = probs.gather(1, given[:, None]).squeeze(1)
+    cfg = run.cfg.method
+    if isinstance(cfg, OTConfig) and cfg.purify == "ot":
+        epochs = run.cfg.optim.epochs
+        result = run_purification(cfg, probs, given, epoch=epochs - 1, num_epochs=epochs)
+        noisy = result.noisy_mask.cpu()
+        source = "optimal-transport purification of the final model"
+    else:
+        noisy = predicted != given
+        source = "model prediction differs from the given label"
+    noisy &= feats.ok  # unreadable images get no verdict
+    score = 1.0 - prob_given
+    order = sorted(range(len(samples)), key=lambda i: (not bool(noisy[i]), -float(score[i])))
+    truth = data.get("true_labels")
+    rows = []
+    for rank, i in enumerate(order, start=1):
+        rows.append(
+            {
+                "rank": rank,
+                "path": samples[i].path,
+                "given_label": run.classnames[int(given[i])],
+                "predicted_label": run.classnames[int(predicted[i])],
+                "prob_given": float(prob_given[i]),
+                "prob_predicted": float(probs[i, predicted[i]]),
+                "verdict": "noisy" if bool(noisy[i]) else "clean",
+                "rank_score": float(score[i]),
+                "true_label": run.classnames[int(truth[i])] if truth is not None else "",
+                "_index": i,
+            }
+        )
+    summary = _summary(rows, noisy, given, truth)
+    return LabelIssues(rows=rows, summary=summary, verdict_source=source)
+
+
+def _summary(rows: list[dict], noisy: torch.Tensor, given: torch.Tensor, truth) -> dict:
+    flagged = int(noisy.sum())
+    summary: dict = {"num_samples": len(rows), "num_flagged_noisy": flagged}
+    if truth is None:
+        return summary
+    wrong = given != torch.tensor(truth, dtype=torch.long)
+    n_wrong = int(wrong.sum())
+    hit = int((noisy & wrong).sum())
+    summary.update(
+        num_truly_noisy=n_wrong,
+        noisy_precision=hit / flagged if flagged else float("nan"),
+        noisy_recall=hit / n_wrong if n_wrong else float("nan"),
+    )
+    ranked_wrong = [bool(wrong[r["_index"]]) for r in rows]
+    for k in sorted({10, 50, n_wrong} - {0}):
+        if k <= len(rows):
+            summary[f"precision_at_{k}"] = sum(ranked_wrong[:k]) / k
+    return summary
+
+
+def label_issues_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {
+                **row,
+                "prob_given": f"{row['prob_given']:.6f}",
+                "prob_predicted": f"{row['prob_predicted']:.6f}",
+                "rank_score": f"{row['rank_score']:.6f}",
+            }
+        )
+    return buf.getvalue()
+
+
+def export_label_issues(
+    run_dir: str | Path, csv_path: str | Path | None = None, progress: bool = False
+) -> tuple[LabelIssues, Path]:
+    """Write the label-issue CSV (default ``<run>/label_issues.csv``); return it and its path."""
+    issues = find_label_issues(run_dir, progress=progress)
+    path = Path(csv_path) if csv_path is not None else Path(run_dir) / "label_issues.csv"
+    atomic_write_text(path, label_issues_csv(issues.rows))
+    return issues, path
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    issues, path = export_label_issues(args.run, args.csv, progress=not args.quiet)
+    s = issues.summary
+    print(f"verdict: {issues.verdict_source}")
+    print(
+        f"{s['num_flagged_noisy']} of {s['num_samples']} training labels flagged as probably "
+        f"wrong; all rows in {path}"
+    )
+    if "noisy_precision" in s:
+        tops = "  ".join(
+            f"precision@{k.split('_')[-1]} {100 * v:.1f}%"
+            for k, v in s.items()
+            if k.startswith("precision_at_")
+        )
+        print(
+            f"against the true labels ({s['num_truly_noisy']} wrong): noisy-verdict precision "
+            f"{100 * s['noisy_precision']:.1f}%, recall {100 * s['noisy_recall']:.1f}%  {tops}"
+        )
+    for row in issues.rows[: args.top]:
+        print(
+            f"{row['rank']:4d}  {row['verdict']:5s}  given {row['given_label']!r} "
+            f"(p={row['prob_given']:.2f}) -> predicted {row['predicted_label']!r}  {row['path']}"
+        )
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "label-issues", help="list the training labels that are probably wrong (CSV)"
+    )
+    p.add_argument("--run", required=True, help="run folder of a finished run")
+    p.add_argument("--csv", help="CSV to write (default: <run>/label_issues.csv)")
+    p.add_argument("--top", type=int, default=10, help="rows to print (default 10)")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_cmd)

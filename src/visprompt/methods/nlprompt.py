@@ -1,0 +1,36 @@
+"""NLPrompt (Pan et al., CVPR 2025): CoOp + OT purification, CE on clean, MAE on noisy.
+
+See :mod:`visprompt.methods.ot_training` for the purification and the epoch
+schedule; the prompt is CoOp's shared context.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from visprompt.methods.base import EpochContext, EpochPlan, StepOutput, TrainBatch
+from visprompt.methods.coop import ContextConfig, ContextMethod
+from visprompt.methods.ot_training import OTConfig, ot_epoch_plan, ot_loss
+from visprompt.methods.registry import register_method
+
+
+class NLPromptConfig(ContextConfig, OTConfig):
+    name: Literal["nlprompt"] = "nlprompt"
+
+
+@register_method(
+    "nlprompt",
+    config=NLPromptConfig,
+    defaults={"optim.epochs": 50, "optim.batch_size": 32, "optim.lr": 0.002},
+    text_cost="K (+ N·0 per epoch: one K pass for purification)",
+    description="NLPrompt: CoOp + OT purification; CE on clean, MAE on noisy",
+)
+class NLPrompt(ContextMethod):
+    """NLPrompt: OT-purified CoOp (CE on the clean subset, MAE on the rest)."""
+
+    def start_epoch(self, ctx: EpochContext) -> EpochPlan:
+        return ot_epoch_plan(self.config, ctx)
+
+    def training_loss(self, batch: TrainBatch) -> StepOutput:
+        logits = self(batch.features)
+        return StepOutput(loss=ot_loss(logits, batch.labels, batch.group), logits=logits)
