@@ -24,6 +24,7 @@ Handler = Callable[[argparse.Namespace], int]
 COMMAND_MODULES: tuple[str, ...] = (
     "visprompt.experiments.label_issues",
     "visprompt.experiments.commands",
+    "visprompt.demo",
 )
 
 
