@@ -247,6 +247,7 @@ class FeatureCache:
             "version": CACHE_VERSION,
             "backbone": ident.fingerprint,
             "arch": ident.arch,
+            "dtype": str(self.extractor.backbone.dtype),
             "paths": hashlib.sha256("\n".join(s.path for s in samples).encode()).hexdigest(),
             "transform": self.extractor.spec(augmented=num_views > 0),
             "views": num_views,

@@ -428,6 +428,7 @@ def _result(cfg: RunConfig, prep: PreparedRun, final: dict, started: float) -> d
         "num_test": int(prep.test_labels.numel()),
         "num_classes": prep.splits.num_classes,
         "trainable_params": sum(p.numel() for p in method.parameters() if p.requires_grad),
+        "feature_cache": {"hits": prep.cache.hits, "misses": prep.cache.misses},
         "wall_seconds": time.perf_counter() - started,
         "versions": versions(),
     }

@@ -33,11 +33,14 @@ def require_root(root: str | Path | None, name: str, layout: str) -> Path:
         VispromptError: ``root`` is None or does not exist.
     """
     if root is None:
-        raise VispromptError(f"dataset {name!r} needs a root folder; pass --root DIR ({layout})")
+        raise VispromptError(
+            f"dataset {name!r} needs a root folder; pass --root DIR (data.root in a run config; {layout})"
+        )
     path = Path(root).expanduser().resolve()
     if not path.exists():
         raise VispromptError(
-            f"root folder {path} does not exist; pass --root pointing at your data ({layout})"
+            f"root folder {path} does not exist; point --root (data.root in a run config) at your "
+            f"data ({layout})"
         )
     return path
 
