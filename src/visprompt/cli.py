@@ -149,7 +149,7 @@ def cmd_methods(args: argparse.Namespace) -> int:  # noqa: ARG001
 
     for name in METHOD_REGISTRY.names():
         entry = METHOD_REGISTRY.get(name)
-        print(f"{name:10s} text passes/step: {entry.text_cost:10s} {entry.description}")
+        print(f"{name:10s} {entry.description}\n{'':10s} text sequences per step: {entry.text_cost}")
     return 0
 
 

@@ -60,7 +60,7 @@ class ContextMethod(PromptMethod):
 @register_method(
     "coop",
     config=CoOpConfig,
-    defaults={"optim.epochs": 50, "optim.batch_size": 32, "optim.lr": 0.002},
+    defaults={"optim.epochs": 200, "optim.batch_size": 32, "optim.lr": 0.002},
     text_cost="K",
     description="CoOp: shared learnable context, cross-entropy",
 )

@@ -24,7 +24,7 @@ class GCEConfig(ContextConfig):
 @register_method(
     "gce",
     config=GCEConfig,
-    defaults={"optim.epochs": 50, "optim.batch_size": 32, "optim.lr": 0.002},
+    defaults={"optim.epochs": 200, "optim.batch_size": 32, "optim.lr": 0.002},
     text_cost="K",
     description="CoOp with generalised cross-entropy (q = 0.7)",
 )

@@ -21,8 +21,8 @@ class NLPromptConfig(ContextConfig, OTConfig):
 @register_method(
     "nlprompt",
     config=NLPromptConfig,
-    defaults={"optim.epochs": 50, "optim.batch_size": 32, "optim.lr": 0.002},
-    text_cost="K (+ N·0 per epoch: one K pass for purification)",
+    defaults={"optim.epochs": 200, "optim.batch_size": 32, "optim.lr": 0.002},
+    text_cost="K (+ K per epoch: purification)",
     description="NLPrompt: CoOp + OT purification; CE on clean, MAE on noisy",
 )
 class NLPrompt(ContextMethod):

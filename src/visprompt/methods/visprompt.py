@@ -189,7 +189,7 @@ def reliability_signal(logits: torch.Tensor) -> torch.Tensor:
     "visprompt",
     config=VisPromptConfig,
     defaults={"optim.epochs": 100, "optim.batch_size": 16, "optim.lr": 0.002},
-    text_cost="B·K + K",
+    text_cost="B·K + K (+ N·K per epoch: purification)",
     description="VisPrompt: vision-guided prompts (cross-attention + FiLM gate) + NLPrompt OT",
     check=_check,
 )

@@ -26,7 +26,7 @@ class ZeroShotConfig(MethodConfig):
 @register_method(
     "zeroshot",
     config=ZeroShotConfig,
-    text_cost="0 (text features computed once)",
+    text_cost="0 (K once)",
     description="zero-shot CLIP with the dataset's hand-written templates",
 )
 class ZeroShot(PromptMethod):
