@@ -10,13 +10,16 @@ Text encoding works on *prompt embeddings* (token embeddings where some
 positions hold learnable vectors). Because CLIP's text transformer is causal,
 tokens after the end-of-text (EOT) token never influence the EOT feature, so
 every batch is cut to its longest EOT position + 1 instead of the full context
-(exact, and several times cheaper than 77 tokens).
+(exact, and several times cheaper than 77 tokens). Class prompts with the name
+at the end go further: their shared prefix ``[SOS] ctx`` is encoded once and
+only the class-name suffixes run through the layers
+(``text_encoding = "shared-prefix"``, the default; also exact).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import torch
@@ -26,6 +29,10 @@ from torch import nn
 
 from visprompt.backbone import text_encoder
 from visprompt.backbone.prompts import ClassPrompts, insert_context
+from visprompt.errors import VispromptError
+
+#: Values of ``FrozenCLIP.text_encoding`` (``engine.text_encoding`` in run configs).
+TEXT_ENCODINGS = ("shared-prefix", "truncated")
 
 
 @lru_cache(maxsize=4)
@@ -86,6 +93,7 @@ class FrozenCLIP(nn.Module):
         self.tokenizer = clip_tokenizer(int(model.context_length))
         #: how ``encode_class_prompts`` runs the text tower: ``shared-prefix`` or ``truncated``
         self.text_encoding = "shared-prefix"
+        self._shared_prefix_supported: bool | None = None
 
     # ------------------------------------------------------------------ facts
     @property
@@ -203,24 +211,95 @@ class FrozenCLIP(nn.Module):
     ) -> torch.Tensor:
         """Text features (unnormalised) of K class prompts with context ``ctx`` inserted.
 
+        How the text tower runs depends on ``self.text_encoding``; both ways give
+        the same result within float error:
+
+        * ``"shared-prefix"`` (default): when the class name is at the end
+          (``prompts.layout == "end"``) and the context is the same for every
+          class, ``[SOS] ctx`` is encoded once (once per image for per-image
+          contexts) and only the K short suffixes ``<name> . [EOS]`` run through
+          the layers, attending to the prefix's cached keys and values
+          (:func:`~visprompt.backbone.text_encoder.encode_shared_prefix`). Other
+          layouts, class-specific contexts and text towers of another block type
+          fall back to truncation.
+        * ``"truncated"``: every prompt is encoded in full up to the longest
+          end-of-text position (:func:`~visprompt.backbone.text_encoder.encode_truncated`).
+
         Args:
             prompts: the token layout (``build_class_prompts``).
             base_embeddings: (K, L, d) frozen token embeddings of ``prompts.token_ids``.
             ctx: (M, d) or (K, M, d) shared context, or with ``per_image=True``
                 (B, M, d) / (B, K, M, d) per-image context.
             per_image: whether ``ctx`` has a leading image dimension.
-            chunk_size: at most this many sequences per text-encoder call.
+            chunk_size: at most this many sequences per text-encoder call; blocks
+                are recomputed in the backward pass, so peak memory stays bounded
+                whatever K (and B) is.
 
         Returns:
             (K, D), or (B, K, D) with ``per_image=True``.
         """
-        embeddings = insert_context(base_embeddings, prompts, ctx, per_image=per_image)
-        eot = prompts.eot_index.to(embeddings.device)
+        if self.text_encoding not in TEXT_ENCODINGS:
+            raise VispromptError(
+                f"unknown text encoding {self.text_encoding!r}; choose one of {TEXT_ENCODINGS}"
+            )
+        eot = prompts.eot_index.to(base_embeddings.device)
+        if self.uses_shared_prefix(prompts, ctx, per_image):
+            return self._encode_shared_prefix(prompts, base_embeddings, ctx, per_image, chunk_size)
+        # Positions after the last EOT never influence any EOT feature: cut them before the
+        # context is written in, so no (B, K, 77, d) tensor is ever built.
+        length = int(prompts.eot_index.max()) + 1
+        cut = replace(prompts, token_ids=prompts.token_ids[:, :length])
+        embeddings = insert_context(base_embeddings[:, :length], cut, ctx, per_image=per_image)
         if not per_image:
             return self.encode_prompts(embeddings, eot, chunk_size)
         batch, num_classes = embeddings.shape[:2]
         flat = self.encode_prompts(embeddings.flatten(0, 1), eot.repeat(batch), chunk_size)
         return flat.view(batch, num_classes, -1)
+
+    def uses_shared_prefix(
+        self, prompts: ClassPrompts, ctx: torch.Tensor, per_image: bool = False
+    ) -> bool:
+        """Whether :meth:`encode_class_prompts` takes the shared-prefix path for these inputs.
+
+        True when ``text_encoding == "shared-prefix"``, the class name is at the end,
+        the context is shared by all classes ((M, d), or (B, M, d) per image) and the
+        text tower is built from open_clip's standard attention blocks.
+        """
+        shared_over_classes = ctx.dim() == (3 if per_image else 2)
+        return (
+            self.text_encoding == "shared-prefix"
+            and prompts.shared_prefix_length is not None
+            and shared_over_classes
+            and self._shared_prefix_ok()
+        )
+
+    def _shared_prefix_ok(self) -> bool:
+        if self._shared_prefix_supported is None:
+            self._shared_prefix_supported = text_encoder.shared_prefix_supported(self.model)
+        return self._shared_prefix_supported
+
+    def _encode_shared_prefix(
+        self,
+        prompts: ClassPrompts,
+        base_embeddings: torch.Tensor,
+        ctx: torch.Tensor,
+        per_image: bool,
+        chunk_size: int | None,
+    ) -> torch.Tensor:
+        prefix_length = prompts.shared_prefix_length
+        ctx = ctx if per_image else ctx.unsqueeze(0)  # (P, M, d)
+        count, width = ctx.shape[0], base_embeddings.shape[-1]
+        if ctx.shape[1:] != (prompts.n_ctx, width):
+            raise ValueError(
+                f"context of shape {tuple(ctx.shape)} does not fit {prompts.n_ctx} slots of "
+                f"width {width} ({'per-image' if per_image else 'shared'} prompts)"
+            )
+        sos = base_embeddings[0, :1].expand(count, 1, width)  # every prompt starts with SOS
+        prefix = torch.cat([sos, ctx.to(base_embeddings.dtype)], dim=1)
+        lengths = prompts.eot_index.to(base_embeddings.device) - prefix_length + 1
+        suffix = base_embeddings[:, prefix_length : int(prompts.eot_index.max()) + 1]
+        feats = text_encoder.encode_shared_prefix(self.model, prefix, suffix, lengths, chunk_size)
+        return feats if per_image else feats[0]
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
