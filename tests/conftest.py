@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-import torch
-from vp_testing import make_folder_dataset
+# before torch is imported: sleeping OpenMP waits (see visprompt/__init__.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from vp_testing import make_folder_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")
