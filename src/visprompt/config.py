@@ -156,6 +156,10 @@ class EngineConfig(Section):
     batch_size: int = Field(256, ge=1)
     #: ``shared-prefix`` (exact; class-token-at-end prompts), ``truncated`` (cut at EOT)
     text_encoding: Literal["shared-prefix", "truncated"] = "shared-prefix"
+    #: torch CPU threads (null: torch's default). On a machine shared with other
+    #: jobs, fewer threads than cores avoid stalls on the many small operations;
+    #: another thread count changes the last bits of float sums.
+    threads: int | None = Field(None, ge=1)
 
 
 class MethodConfig(Section):

@@ -332,6 +332,8 @@ def train_run(
         log(f"run in {out} is already finished")
         return json.loads((out / RESULT_FILE).read_text())
     started = time.perf_counter()
+    if cfg.engine.threads is not None:
+        torch.set_num_threads(cfg.engine.threads)
     prep = prepare_run(cfg, progress=progress, log=log)
     method = prep.method
     log(method.describe())
