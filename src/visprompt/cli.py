@@ -149,7 +149,9 @@ def cmd_methods(args: argparse.Namespace) -> int:  # noqa: ARG001
 
     for name in METHOD_REGISTRY.names():
         entry = METHOD_REGISTRY.get(name)
-        print(f"{name:10s} {entry.description}\n{'':10s} text sequences per step: {entry.text_cost}")
+        print(
+            f"{name:10s} {entry.description}\n{'':10s} text sequences per step: {entry.text_cost}"
+        )
     return 0
 
 
