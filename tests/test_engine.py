@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from vp_testing import run_overrides
+from vp_testing import assert_same_run, kill_then_resume, run_overrides, train_command
 
 from visprompt.cli import main
 from visprompt.config import load_run_config
@@ -66,8 +61,10 @@ def test_same_seed_same_numbers_and_noise_metrics(colour_dataset, tmp_path):
     assert "train_acc_true" in read_metrics(tmp_path / "a")[0]
 
 
-def test_feature_cache_is_reused_and_keyed_by_checkpoint(colour_dataset, tmp_path, monkeypatch):
-    calls = []
+@pytest.fixture
+def encoded(monkeypatch) -> list[int]:
+    """Batch sizes of every image-encoder call made during the test."""
+    calls: list[int] = []
     real = features_mod.FeatureExtractor.encode
 
     def counting(self, images):
@@ -75,6 +72,11 @@ def test_feature_cache_is_reused_and_keyed_by_checkpoint(colour_dataset, tmp_pat
         return real(self, images)
 
     monkeypatch.setattr(features_mod.FeatureExtractor, "encode", counting)
+    return calls
+
+
+def test_feature_cache_is_reused_and_keyed_by_checkpoint(colour_dataset, tmp_path, encoded):
+    calls = encoded
     over = run_overrides(colour_dataset, "coop", **{"optim.epochs": 2})
     train_run(load_run_config(None, over), tmp_path / "first", **QUIET)
     assert sum(calls) == 32 + 32 * 2 + 24  # clean train + 2 views + test
@@ -93,15 +95,8 @@ def test_feature_cache_is_reused_and_keyed_by_checkpoint(colour_dataset, tmp_pat
     assert sum(calls) == 32 + 64 + 24
 
 
-def test_no_cache_encodes_fresh_augmentations_every_step(colour_dataset, tmp_path, monkeypatch):
-    calls = []
-    real = features_mod.FeatureExtractor.encode
-
-    def counting(self, images):
-        calls.append(images.shape[0])
-        return real(self, images)
-
-    monkeypatch.setattr(features_mod.FeatureExtractor, "encode", counting)
+def test_no_cache_encodes_fresh_augmentations_every_step(colour_dataset, tmp_path, encoded):
+    calls = encoded
     over = run_overrides(colour_dataset, "coop", **{"optim.epochs": 2, "use_cache": "false"})
     result = train_run(load_run_config(None, over), tmp_path / "live", **QUIET)
     assert sum(calls) == 32 + 2 * 32 + 24  # clean train + every step's images + test
@@ -119,60 +114,14 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(1, cfg.optim) > lr_factor(2, cfg.optim) > lr_factor(9, cfg.optim) > 0
 
 
-def _train_cmd(dataset: Path, out: Path, *extra: str) -> list[str]:
-    over = run_overrides(
-        dataset, "coop", **{"optim.epochs": 30, "optim.batch_size": 4, "optim.lr": 0.01}
-    )
-    cmd = [sys.executable, "-m", "visprompt", "train", "--out", str(out), "--quiet"]
-    for o in over:
-        cmd += ["--set", o]
-    return cmd + list(extra)
-
-
 def test_sigkill_then_resume_reaches_the_same_result(colour_dataset, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    full = subprocess.run(
-        _train_cmd(colour_dataset, tmp_path / "full"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    over = run_overrides(
+        colour_dataset, "coop", **{"optim.epochs": 30, "optim.batch_size": 4, "optim.lr": 0.01}
     )
-    assert full.returncode == 0, full.stderr
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _train_cmd(colour_dataset, killed),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    full, killed = kill_then_resume(
+        lambda out, *extra: train_command(out, over, *extra), tmp_path, 3, 30
     )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        metrics = killed / "metrics.jsonl"
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "result.json").exists(), "the run finished before it was killed"
-    done = len(read_metrics(killed))
-    assert 3 <= done < 30
-    again = subprocess.run(
-        _train_cmd(colour_dataset, killed, "--resume"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert again.returncode == 0, again.stderr
-    a = json.loads((tmp_path / "full" / "result.json").read_text())
-    b = json.loads((killed / "result.json").read_text())
-    assert a["test_accuracy"] == b["test_accuracy"]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert strip(read_metrics(tmp_path / "full")) == strip(read_metrics(killed))
-    full_w = load_file(tmp_path / "full" / "prompt.safetensors")
-    killed_w = load_file(killed / "prompt.safetensors")
-    assert all(torch.equal(full_w[k], killed_w[k]) for k in full_w)
+    assert_same_run(full, killed)
 
 
 def test_run_folder_errors(colour_dataset, tmp_path):

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 #: Colours of the generated classes: easy to tell apart, so learning is visible.
@@ -49,3 +57,63 @@ def run_overrides(dataset_root: Path, method: str = "coop", **extra) -> list[str
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def train_command(out: Path, overrides: list[str], *extra: str) -> list[str]:
+    """``python -m visprompt train`` with ``--set`` overrides, as a subprocess argv."""
+    cmd = [sys.executable, "-m", "visprompt", "train", "--out", str(out), "--quiet"]
+    for item in overrides:
+        cmd += ["--set", item]
+    return cmd + list(extra)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def kill_then_resume(
+    command: Callable[..., list[str]], tmp: Path, min_epochs: int, total_epochs: int
+) -> tuple[Path, Path]:
+    """Train ``command(out)`` uninterrupted into ``tmp/full``; start it again into
+    ``tmp/killed``, SIGKILL it once ``min_epochs`` epochs are written, then run
+    ``command(out, "--resume")``. Returns both run folders (the same process
+    setup for both runs, so their floats are comparable bit for bit).
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full, killed = tmp / "full", tmp / "killed"
+    done = subprocess.run(command(full), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen(
+        command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        path = killed / "metrics.jsonl"
+        if path.is_file() and len(path.read_text().splitlines()) >= min_epochs:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "result.json").exists(), "the run finished before it was killed"
+    assert min_epochs <= len(read_metrics(killed)) < total_epochs
+    again = subprocess.run(
+        command(killed, "--resume"), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr
+    return full, killed
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two run folders ended with the same result, epoch metrics and weights."""
+    from safetensors.torch import load_file
+
+    ra = json.loads((a / "result.json").read_text())
+    rb = json.loads((b / "result.json").read_text())
+    assert ra["test_accuracy"] == rb["test_accuracy"]
+
+    def strip(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert strip(read_metrics(a)) == strip(read_metrics(b))
+    wa, wb = load_file(a / "prompt.safetensors"), load_file(b / "prompt.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

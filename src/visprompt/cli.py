@@ -28,16 +28,16 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def add_set_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="run YAML file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set optim.lr=0.001 (repeatable)",
-    )
+    add_set_argument(p, "override a config key, e.g. --set optim.lr=0.001 (repeatable)")
 
 
 # ---------------------------------------------------------------- handlers

@@ -5,11 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import brentq
 from scipy.stats import norm
-from vp_testing import run_overrides
+from vp_testing import assert_same_run, kill_then_resume, run_overrides, train_command
 
 from visprompt.backbone import load_backbone
 from visprompt.config import load_run_config
@@ -330,9 +325,9 @@ def test_trains_on_the_colour_dataset_at_half_noise(colour_dataset, tmp_path, pr
     assert result["num_noisy"] == 16 and result["noise_protocol"] == protocol
 
 
-def _train_cmd(dataset, out, *extra):
+def test_sigkill_then_resume_reaches_the_same_result(colour_dataset, tmp_path):
     over = run_overrides(
-        dataset,
+        colour_dataset,
         "joapr",
         **{
             "optim.epochs": 8,
@@ -342,54 +337,8 @@ def _train_cmd(dataset, out, *extra):
             "method.beta": 0.5,  # mixing that matters, so the RNG streams are exercised
         },
     )
-    cmd = [sys.executable, "-m", "visprompt", "train", "--out", str(out), "--quiet"]
-    for o in over:
-        cmd += ["--set", o]
-    return cmd + list(extra)
-
-
-def test_sigkill_then_resume_reaches_the_same_result(colour_dataset, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    full = subprocess.run(
-        _train_cmd(colour_dataset, tmp_path / "full"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    # killed after the loss history and threshold have evolved
+    full, killed = kill_then_resume(
+        lambda out, *extra: train_command(out, over, *extra), tmp_path, 3, 8
     )
-    assert full.returncode == 0, full.stderr
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _train_cmd(colour_dataset, killed),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        metrics = killed / "metrics.jsonl"
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "result.json").exists(), "the run finished before it was killed"
-    done = len((killed / "metrics.jsonl").read_text().splitlines())
-    assert 3 <= done < 8  # killed after the loss history and threshold have evolved
-    again = subprocess.run(
-        _train_cmd(colour_dataset, killed, "--resume"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert again.returncode == 0, again.stderr
-
-    def rows(run):
-        lines = (run / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]
-
-    assert rows(tmp_path / "full") == rows(killed)
-    a = json.loads((tmp_path / "full" / "result.json").read_text())
-    b = json.loads((killed / "result.json").read_text())
-    assert a["test_accuracy"] == b["test_accuracy"]
+    assert_same_run(full, killed)

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from vp_testing import run_overrides
+from vp_testing import assert_same_run, kill_then_resume, run_overrides, train_command
 
 from visprompt.config import load_run_config
 from visprompt.engine import run as run_mod
@@ -133,49 +128,12 @@ def test_visprompt_resumes_after_sigkill(colour_dataset, tmp_path):
         },
     )
     config = write_yaml(tmp_path / "vp.yaml", over)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    def cmd(out: Path, *extra: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "visprompt",
-            "train",
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-            "--quiet",
-            *extra,
-        ]
+    def command(out: Path, *extra: str) -> list[str]:
+        return train_command(out, [], "--config", str(config), *extra)
 
-    # the uninterrupted reference runs in a subprocess too: same threads, same floats
-    ref = subprocess.run(
-        cmd(tmp_path / "full"), env=env, capture_output=True, text=True, timeout=300
-    )
-    assert ref.returncode == 0, ref.stderr
-    full = json.loads((tmp_path / "full" / "result.json").read_text())
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        path = killed / "metrics.jsonl"
-        if path.is_file() and len(path.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "result.json").exists(), "the run finished before it was killed"
-    done = subprocess.run(
-        cmd(killed, "--resume"), env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    resumed = json.loads((killed / "result.json").read_text())
-    assert resumed["test_accuracy"] == full["test_accuracy"]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert strip(metrics(killed)) == strip(metrics(tmp_path / "full"))
+    full, killed = kill_then_resume(command, tmp_path, 2, 8)
+    assert_same_run(full, killed)
 
 
 @pytest.mark.parametrize("method", ["nlprompt", "coop"])

@@ -297,6 +297,8 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from visprompt.cli import add_set_argument
+
     p = sub.add_parser(
         "demo",
         help="train zero-shot, CoOp, NLPrompt and VisPrompt on the shipped synthetic world",
@@ -306,13 +308,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="fewer epochs (about 3 minutes)")
     p.add_argument("--smoke", action="store_true", help="seconds-long check of the pipeline")
     p.add_argument("--full", action="store_true", help="sym + pair noise, 3 rates, 3 seeds")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of every demo run, e.g. --set optim.epochs=5",
-    )
+    add_set_argument(p, "override a key of every demo run, e.g. --set optim.epochs=5")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-epoch progress bars")
     p.set_defaults(func=_cmd)

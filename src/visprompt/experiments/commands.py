@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from visprompt.cli import add_set_argument
 from visprompt.errors import VispromptError
 
 DEFAULT_DB = "results.sqlite"
@@ -46,13 +47,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument(
         "--runs-dir", help="folder of the run folders (default: <db folder>/<db name>-runs)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set a key of the sweep's base config, e.g. --set data.root=/data (repeatable)",
+    add_set_argument(
+        p, "set a key of the sweep's base config, e.g. --set data.root=/data (repeatable)"
     )
     p.add_argument("--dry-run", action="store_true", help="validate and count, run nothing")
     p.add_argument("--list", action="store_true", help="with --dry-run: print every run")
