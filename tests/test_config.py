@@ -58,6 +58,8 @@ def test_yaml_file_and_overrides(tmp_path):
         ("noise.type=gaussian", "bad value for 'noise.type'"),
         ("data.shots=0", "data.shots must be at least 1"),
         ("precision=fp8", "bad value for 'precision'"),
+        ("data.crop_scale=[0.9, 0.5]", "data.crop_scale must be [min, max] with 0 < min <= max"),
+        ("data.crop_scale=[0, 1]", "data.crop_scale must be [min, max] with 0 < min <= max"),
     ],
 )
 def test_bad_values_are_one_line_errors(override, message):

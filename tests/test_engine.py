@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,21 @@ def test_same_seed_same_numbers_and_noise_metrics(colour_dataset, tmp_path):
     ]
     assert a["test_accuracy"] == b["test_accuracy"] and a["num_noisy"] == 16
     assert "train_acc_true" in read_metrics(tmp_path / "a")[0]
+
+
+def test_same_numbers_when_the_dataset_moves(colour_dataset, tmp_path):
+    # Augmented views are seeded by image content, not path: a copy of the
+    # dataset elsewhere (another root, another cache folder) trains identically.
+    moved = tmp_path / "elsewhere" / "data"
+    shutil.copytree(colour_dataset, moved)
+    results = []
+    for root, name in ((colour_dataset, "a"), (moved, "b")):
+        over = run_overrides(root, "coop", **{"noise.type": "sym", "noise.rate": 0.5})
+        train_run(load_run_config(None, over), tmp_path / name, **QUIET)
+        results.append(
+            [{k: v for k, v in m.items() if k != "seconds"} for m in read_metrics(tmp_path / name)]
+        )
+    assert results[0] == results[1]
 
 
 @pytest.fixture

@@ -71,10 +71,23 @@ class DataConfig(Section):
     allow_fewer: bool = False
     #: augmented views per training image in the frozen-feature cache
     num_views: int = Field(10, ge=1)
+    #: (min, max) image-area fraction of the training random resized crop
+    #: (Dassl's INPUT.RRCROP_SCALE); raise min for small objects in small images
+    crop_scale: tuple[float, float] = (0.08, 1.0)
     #: fraction of unreadable images tolerated per split before failing
     max_unreadable: float = Field(0.01, ge=0.0, le=1.0)
     cache_dir: str | None = None
     num_workers: int = Field(0, ge=0)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError(
+                f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {list(v)}; "
+                "the default is [0.08, 1.0]"
+            )
+        return v
 
     @field_validator("shots")
     @classmethod

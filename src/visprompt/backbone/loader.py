@@ -156,16 +156,24 @@ def build_from_state_dict(state: dict, arch: str | None, path: Path):
     state = open_clip.factory.convert_state_dict(model, dict(state))
     if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
         state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    load_strict(
+        model,
+        state,
+        f"checkpoint {path} does not match architecture {arch!r}",
+        "set backbone.arch to the checkpoint's architecture, or leave it out for OpenAI files",
+    )
+    return model.float(), arch
+
+
+def load_strict(model: torch.nn.Module, state: dict, problem: str, fix: str) -> None:
+    """``model.load_state_dict(state, strict=True)``; a mismatch is one-line ``problem (detail); fix``."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
+        # torch lists every missing/unexpected key; the first two lines say enough.
         first = str(exc).strip().splitlines()
         detail = " ".join(first[1:3]) if len(first) > 1 else first[0]
-        raise VispromptError(
-            f"checkpoint {path} does not match architecture {arch!r} ({detail[:200]}); set "
-            "backbone.arch to the checkpoint's architecture, or leave it out for OpenAI files"
-        ) from None
-    return model.float(), arch
+        raise VispromptError(f"{problem} ({detail[:200]}); {fix}") from None
 
 
 def _inferred_arch_name(state: dict) -> str:

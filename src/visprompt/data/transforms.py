@@ -52,8 +52,21 @@ def _check(image_size: int, mean: Sequence[float], std: Sequence[float]) -> None
         )
 
 
+def _check_crop_scale(crop_scale: Sequence[float]) -> tuple[float, float]:
+    lo, hi = (float(v) for v in crop_scale)
+    if not 0.0 < lo <= hi <= 1.0:
+        raise VispromptError(
+            f"crop scale {tuple(crop_scale)} must satisfy 0 < min <= max <= 1 (fractions of "
+            f"the image area); use e.g. {list(CROP_SCALE)}"
+        )
+    return lo, hi
+
+
 def build_transforms(
-    image_size: int, mean: Sequence[float], std: Sequence[float]
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_scale: Sequence[float] = CROP_SCALE,
 ) -> tuple[Callable, Callable]:
     """``(train_transform, test_transform)`` mapping an RGB PIL image to a (3, S, S) tensor.
 
@@ -61,17 +74,21 @@ def build_transforms(
         image_size: output side S (the backbone's input resolution).
         mean: per-channel mean for normalisation (the backbone's).
         std: per-channel standard deviation (the backbone's).
+        crop_scale: (min, max) area fraction of the random resized crop;
+            Dassl's ``INPUT.RRCROP_SCALE`` default (0.08, 1.0).
 
     Raises:
-        VispromptError: a non-positive size, or mean/std not three numbers.
+        VispromptError: a non-positive size, mean/std not three numbers, or a
+            crop scale outside 0 < min <= max <= 1.
     """
     _check(image_size, mean, std)
+    crop_scale = _check_crop_scale(crop_scale)
     normalize = T.Normalize(mean=list(mean), std=list(std))
     bicubic = InterpolationMode.BICUBIC
     train = T.Compose(
         [
             T.RandomResizedCrop(
-                image_size, scale=CROP_SCALE, ratio=CROP_RATIO, interpolation=bicubic
+                image_size, scale=crop_scale, ratio=CROP_RATIO, interpolation=bicubic
             ),
             T.RandomHorizontalFlip(p=0.5),
             *_to_tensor(),
@@ -89,13 +106,19 @@ def build_transforms(
     return train, test
 
 
-def transform_spec(image_size: int, mean: Sequence[float], std: Sequence[float]) -> dict:
+def transform_spec(
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_scale: Sequence[float] = CROP_SCALE,
+) -> dict:
     """A JSON-friendly description of :func:`build_transforms`' pipelines (for cache keys).
 
     Floats are rounded to 6 decimals so that equal settings written differently
     (``0.48145466`` vs ``0.481454660``) give the same key.
     """
     _check(image_size, mean, std)
+    crop_scale = _check_crop_scale(crop_scale)
     return {
         "version": TRANSFORM_VERSION,
         "image_size": image_size,
@@ -104,7 +127,7 @@ def transform_spec(image_size: int, mean: Sequence[float], std: Sequence[float])
         "train": [
             {
                 "op": "random_resized_crop",
-                "scale": list(CROP_SCALE),
+                "scale": [round(v, 6) for v in crop_scale],
                 "ratio": [round(r, 6) for r in CROP_RATIO],
                 "interpolation": "bicubic",
             },

@@ -5,8 +5,9 @@ computed once and stored on disk:
 
 * a *clean* view (resize + centre crop) of every image of a split, and
 * ``V`` augmented views (random-resized-crop + flip) of every training image,
-  each view drawn with a seed that depends only on the image path and the view
-  index, so the same image always gets the same V views.
+  each view drawn with a seed that depends only on the image file's content and
+  the view index, so the same image always gets the same V views, wherever the
+  dataset lies on disk (a different root or cache folder gives the same numbers).
 
 Entries are keyed by a hash of: the backbone's fingerprint (checkpoint hash),
 the ordered list of image paths, the transform, V, and whether multi-scale patch
@@ -37,11 +38,11 @@ from tqdm.auto import tqdm
 
 from visprompt.backbone import FrozenCLIP
 from visprompt.data.images import load_rgb
-from visprompt.data.transforms import build_transforms, transform_spec
+from visprompt.data.transforms import CROP_SCALE, build_transforms, transform_spec
 from visprompt.data.types import Sample
 from visprompt.methods.base import FeatureBatch
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: Grid sizes of the adaptive pooling of ViT patch tokens (1 + 4 + 16 = 21 tokens).
 PATCH_SCALES = (1, 2, 4)
 
@@ -58,9 +59,9 @@ def pool_patch_tokens(tokens: torch.Tensor, scales: Sequence[int] = PATCH_SCALES
     return torch.cat(pooled, dim=1)
 
 
-def view_seed(path: str, view: int) -> int:
-    """Seed of augmented view ``view`` of the image at ``path`` (stable across runs)."""
-    digest = hashlib.sha256(f"{path}|{view}".encode()).digest()
+def view_seed(image_key: str, view: int) -> int:
+    """Seed of augmented view ``view`` of the image identified by ``image_key``."""
+    digest = hashlib.sha256(f"{image_key}|{view}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
@@ -127,9 +128,12 @@ class _ViewsDataset(Dataset):
         if image is None:
             blank = torch.zeros(self.num_views, 3, self.image_size, self.image_size)
             return blank, index, False
+        # Seed by content, not path: the same dataset under another root (or a
+        # generated one under another cache folder) must get the same views.
+        key = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         views = []
         for v in range(self.num_views):
-            torch.manual_seed(view_seed(path, v))
+            torch.manual_seed(view_seed(key, v))
             views.append(self.transform(image))
         return torch.stack(views), index, True
 
@@ -158,14 +162,16 @@ class FeatureExtractor:
         batch_size: int = 64,
         num_workers: int = 0,
         progress: bool = True,
+        crop_scale: Sequence[float] = CROP_SCALE,
     ) -> None:
         self.backbone = backbone
+        self.crop_scale = tuple(crop_scale)
         self.with_patches = with_patches
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.progress = progress
         self.train_tf, self.test_tf = build_transforms(
-            backbone.image_size, backbone.image_mean, backbone.image_std
+            backbone.image_size, backbone.image_mean, backbone.image_std, self.crop_scale
         )
 
     def spec(self, augmented: bool) -> dict:
@@ -174,7 +180,7 @@ class FeatureExtractor:
             self.backbone.image_mean,
             self.backbone.image_std,
         )
-        return {**transform_spec(size, mean, std), "augmented": augmented}
+        return {**transform_spec(size, mean, std, self.crop_scale), "augmented": augmented}
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, 3, H, W) -> normalised (B, D) and pooled patches (B, T, D) or None."""

@@ -243,6 +243,7 @@ def prepare_run(cfg: RunConfig, progress: bool = True, log: Log = _stderr) -> Pr
         batch_size=cfg.engine.batch_size,
         num_workers=cfg.data.num_workers,
         progress=progress,
+        crop_scale=cfg.data.crop_scale,
     )
     cache = FeatureCache(extractor, root=cfg.data.cache_dir, store=cfg.use_cache)
     samples = list(trainset.samples)
@@ -523,6 +524,7 @@ def run_features(run: LoadedRun, samples: Sequence[Sample], progress: bool = Tru
         batch_size=run.cfg.engine.batch_size,
         num_workers=run.cfg.data.num_workers,
         progress=progress,
+        crop_scale=run.cfg.data.crop_scale,
     )
     cache = FeatureCache(extractor, root=run.cfg.data.cache_dir, store=run.cfg.use_cache)
     return cache.get(list(samples), 0, desc="encoding images")
