@@ -425,25 +425,12 @@ class ResultsStore:
         """
         now = time.time()
         rows = [
-            (
-                run_id,
-                sweep,
-                json.dumps(config, sort_keys=True),
-                *_summary_columns(config),
-                run_dir,
-                now,
-                now,
-            )
+            _pending_row(run_id, config, sweep, run_dir, now)
             for run_id, config, sweep, run_dir in runs
         ]
         with self.transaction() as conn:
             before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO runs (id, sweep, status, config, method, dataset, "
-                "backbone, shots, noise_type, noise_rate, seed, run_dir, created_at, updated_at) "
-                "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            conn.executemany(_INSERT_PENDING.replace("INSERT", "INSERT OR IGNORE", 1), rows)
             return conn.total_changes - before
 
     def claim(self, run_id: str, config: dict, sweep: str, run_dir: str, owner_pid: int) -> str:
@@ -464,20 +451,7 @@ class ResultsStore:
                 if row["status"] == "running" and owner_is_live(row, own_pid=owner_pid):
                     return "busy"
             if row is None:
-                conn.execute(
-                    "INSERT INTO runs (id, sweep, status, config, method, dataset, backbone, "
-                    "shots, noise_type, noise_rate, seed, run_dir, created_at, updated_at) "
-                    "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        run_id,
-                        sweep,
-                        json.dumps(config, sort_keys=True),
-                        *_summary_columns(config),
-                        run_dir,
-                        now,
-                        now,
-                    ),
-                )
+                conn.execute(_INSERT_PENDING, _pending_row(run_id, config, sweep, run_dir, now))
             conn.execute(
                 "UPDATE runs SET status = 'running', sweep = ?, config = ?, run_dir = ?, "
                 "host = ?, owner_pid = ?, worker_pid = NULL, error = NULL, updated_at = ? "
@@ -568,6 +542,19 @@ def owner_is_live(row: sqlite3.Row | dict, own_pid: int | None = None) -> bool:
         return False
     pid = row["owner_pid"]
     return pid != own_pid and pid_alive(pid)
+
+
+#: A new run row in state 'pending' (values: see :func:`_pending_row`).
+_INSERT_PENDING = (
+    "INSERT INTO runs (id, sweep, status, config, method, dataset, backbone, shots, "
+    "noise_type, noise_rate, seed, run_dir, created_at, updated_at) "
+    "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _pending_row(run_id: str, config: dict, sweep: str, run_dir: str, now: float) -> tuple:
+    config_json = json.dumps(config, sort_keys=True)
+    return (run_id, sweep, config_json, *_summary_columns(config), run_dir, now, now)
 
 
 def _summary_columns(config: dict) -> tuple:
