@@ -16,9 +16,10 @@ from visprompt.errors import VispromptError
 
 #: Regression floors, set well below the values in MODEL_CARD.md (measured on
 #: larger sets): zero-shot over 14 shapes with "a photo of a {}." on 20 fresh
-#: pretraining-world pictures per class. Chance is 7.1%.
-ZERO_SHOT_FLOOR = 0.30
-ZERO_SHOT_FLOOR_LONG_PROMPT = 0.20
+#: pretraining-world pictures per class (85.7% and 86.1% with the shipped asset).
+#: Chance is 7.1%.
+ZERO_SHOT_FLOOR = 0.70
+ZERO_SHOT_FLOOR_LONG_PROMPT = 0.70
 LONG_PROMPT = "here we see a simple synthetic image of a shape, and the shape is a {}."
 
 
