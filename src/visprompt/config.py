@@ -268,18 +268,25 @@ def get_dotted(tree: dict, dotted: str) -> Any:
     return node
 
 
-def read_yaml(path: str | Path) -> dict:
+def load_yaml_file(path: str | Path, kind: str, what: str):
+    """The parsed YAML of ``path``; a missing file or bad syntax is a one-line error.
+
+    ``kind`` names the file in errors ("config file", "sweep file"), ``what``
+    says what to give instead of a missing one ("a run YAML file").
+    """
     path = Path(path)
     if not path.is_file():
-        raise VispromptError(f"config file not found: {path}; give the path of a run YAML file")
+        raise VispromptError(f"{kind} not found: {path}; give the path of {what}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
-        raise VispromptError(
-            f"config file {path} is not valid YAML{where}; fix its syntax"
-        ) from None
+        raise VispromptError(f"{kind} {path} is not valid YAML{where}; fix its syntax") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    data = load_yaml_file(path, "config file", "a run YAML file") or {}
     if not isinstance(data, dict):
         raise VispromptError(f"config file {path} must hold a mapping of sections, not a list")
     return data

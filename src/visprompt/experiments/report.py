@@ -435,6 +435,11 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
+def _cell_fields(cell) -> list:
+    """The tidy-CSV columns n, mean, std, best, run_ids of one table cell."""
+    return [cell.n, _num(cell.mean), _num(cell.std), int(cell.best), ";".join(cell.run_ids)]
+
+
 def paper_table_csv(tables: list[Table]) -> str:
     """Tidy CSV: one line per cell, with its mean, std, n, best flag and run ids."""
     header = [
@@ -455,11 +460,7 @@ def paper_table_csv(tables: list[Table]) -> str:
                         row[1],
                         column[0],
                         column[1],
-                        cell.n,
-                        _num(cell.mean),
-                        _num(cell.std),
-                        int(cell.best),
-                        ";".join(cell.run_ids),
+                        *_cell_fields(cell),
                     ]
                 )
     return _csv_text(header, rows)
@@ -507,11 +508,7 @@ def ablation_csv(tables: list[Table], keys: dict[str, list[str]]) -> str:
                         dataset,
                         text,
                         *column,
-                        cell.n,
-                        _num(cell.mean),
-                        _num(cell.std),
-                        int(cell.best),
-                        ";".join(cell.run_ids),
+                        *_cell_fields(cell),
                     ]
                 )
     return _csv_text(header, rows)

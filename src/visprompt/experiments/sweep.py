@@ -44,10 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from visprompt.config import (
     RunConfig,
+    load_yaml_file,
     parse_override,
     read_yaml,
     set_dotted,
@@ -113,16 +112,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             with a grid, or an expanded run that is not a valid config.
     """
     path = Path(path)
-    if not path.is_file():
-        raise VispromptError(f"sweep file not found: {path}; give the path of a sweep YAML file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise VispromptError(
-            f"sweep file {path} is not valid YAML{where}; fix its syntax"
-        ) from None
+    data = load_yaml_file(path, "sweep file", "a sweep YAML file")
     return parse_sweep(
         data, source=str(path), base_dir=path.parent, default_name=path.stem, overrides=overrides
     )
