@@ -391,6 +391,13 @@ def describe_world(world: World) -> str:
         )
     else:
         colour = f"{len(world.colours)} colours ({', '.join(world.colours)}), independent of shape"
+    if world.pixel_block > 1:
+        camera = (
+            f"coarse: pictures taken at 1/{world.pixel_block} of the resolution (bilinear "
+            f"reduction) and shown in {world.pixel_block} x {world.pixel_block} pixel blocks"
+        )
+    else:
+        camera = "full resolution, anti-aliased"
     return "\n".join(
         [
             f"- {len(world.shapes)} shapes: {', '.join(world.shapes)};",
@@ -398,7 +405,8 @@ def describe_world(world: World) -> str:
             f"- backgrounds: {backgrounds}; pattern contrast {world.pattern_contrast:g};",
             f"- sizes {', '.join(world.sizes)}, any position, rotation within "
             f"±{world.max_angle:g}°; clutter (scribbles) in {100 * world.clutter_prob:.0f}% and "
-            f"an occluding bar in {100 * world.occlusion_prob:.0f}% of the pictures.",
+            f"an occluding bar in {100 * world.occlusion_prob:.0f}% of the pictures;",
+            f"- camera: {camera}.",
         ]
     )
 

@@ -197,3 +197,23 @@ def test_colour_habits_hold_in_pretraining_and_break_downstream():
     expected = p + (1 - p) / len(syn.COLOURS)
     assert abs(habitual(pre) - expected) < 0.05
     assert abs(habitual(down) - 1 / len(syn.COLOURS)) < 0.04
+
+
+def test_coarse_camera_pixelates_the_same_scenes():
+    fine = syn.World()
+    coarse = syn.World(pixel_block=2)
+    sharp, _, scenes = syn.generate(6, seed=21, world=fine)
+    blocky, _, same = syn.generate(6, seed=21, world=coarse)
+    assert scenes == same
+    # every 2 x 2 block holds one colour, and the camera pixels are the sharp
+    # picture reduced to 16 px
+    assert np.array_equal(blocky, blocky[:, ::2, ::2].repeat(2, axis=1).repeat(2, axis=2))
+    reduced = np.asarray(
+        syn.render(scenes[0], size=32).resize((16, 16), syn.Image.Resampling.BILINEAR)
+    )
+    assert np.array_equal(blocky[0, ::2, ::2], reduced)
+    assert np.abs(blocky[0, ::2, ::2].astype(int) - sharp[0, ::2, ::2]).mean() > 1
+    assert not np.array_equal(sharp, blocky)
+    assert syn.DOWNSTREAM_WORLD.pixel_block == 2 and syn.PRETRAIN_WORLD.pixel_block == 1
+    with pytest.raises(ValueError, match="divide the image size"):
+        syn.picture(scenes[0], syn.World(pixel_block=3), size=32)

@@ -131,6 +131,10 @@ class World:
             its base colour (0 = invisible pattern, 1 = white or black).
         typical_colour_prob: probability that a shape takes its
             :data:`TYPICAL_COLOURS` colour instead of one drawn from ``colours``.
+        pixel_block: the camera's coarseness (1: full resolution): a picture is
+            taken at ``size // pixel_block`` pixels and enlarged to ``size`` in
+            blocks of ``pixel_block`` x ``pixel_block`` equal pixels; see
+            :func:`picture`.
     """
 
     shapes: tuple[str, ...] = SHAPES
@@ -142,6 +146,7 @@ class World:
     occlusion_prob: float = 0.0
     pattern_contrast: float = 0.4
     typical_colour_prob: float = 0.0
+    pixel_block: int = 1
 
 
 #: What ``demo-tiny`` was pretrained on: five of the eight backgrounds, mostly
@@ -161,15 +166,17 @@ PRETRAIN_WORLD = World(
     typical_colour_prob=0.5,
 )
 
-#: The ``synthetic-shapes`` task, under a shift from pretraining: colours no
-#: longer follow the shapes' habits, three of its four backgrounds were never
-#: seen in pretraining and have more contrast, clutter and occlusion are more
-#: frequent.
+#: The ``synthetic-shapes`` task, under a shift from pretraining: a coarser
+#: camera (pictures taken at 16 x 16 pixels and shown at 32 px in 2 x 2 blocks,
+#: as a low-resolution sensor's images look enlarged), colours no longer follow
+#: the shapes' habits, three of its four backgrounds were never seen in
+#: pretraining and have more contrast, clutter and occlusion are more frequent.
 DOWNSTREAM_WORLD = World(
     backgrounds=(("grid", 0.3), ("speckled", 0.3), ("wavy", 0.3), ("striped", 0.1)),
     clutter_prob=0.4,
     occlusion_prob=0.2,
     pattern_contrast=0.3,
+    pixel_block=2,
 )
 
 
@@ -454,6 +461,25 @@ def render(scene: Scene, size: int = 32, supersample: int = 2) -> Image.Image:
     return canvas
 
 
+def picture(scene: Scene, world: World, size: int = 32) -> np.ndarray:
+    """``scene`` as ``world``'s camera takes it: a ``(size, size, 3)`` uint8 array.
+
+    With ``world.pixel_block = b > 1`` the camera is coarser: the ``size`` px
+    rendering is reduced to ``size // b`` px with Pillow's bilinear filter
+    (each camera pixel averages a neighbourhood about two of its own pixels
+    wide, triangle-weighted, like a low-resolution sensor behind a soft lens),
+    and every camera pixel is shown as a ``b`` x ``b`` block.
+    """
+    block = world.pixel_block
+    if block < 1 or size % block:
+        raise ValueError(f"pixel_block {block} must be >= 1 and divide the image size {size}")
+    image = render(scene, size=size)
+    if block == 1:
+        return np.asarray(image)
+    small = np.asarray(image.resize((size // block, size // block), Image.Resampling.BILINEAR))
+    return small.repeat(block, axis=0).repeat(block, axis=1)
+
+
 # ----------------------------------------------------------------- caption
 _PREFIXES: tuple[str, ...] = (
     "a photo of",
@@ -615,7 +641,7 @@ def generate(
         index = start + j
         rng = scene_rng(seed, index)
         scene = sample_scene(rng, world)
-        images[j] = np.asarray(render(scene, size=size))
+        images[j] = picture(scene, world, size)
         captions.append(caption(scene, rng))
         scenes.append(scene)
     return images, captions, scenes
@@ -647,7 +673,7 @@ def generate_class_balanced(
         forced = replace(world, shapes=(shape,))
         for j in range(per_class):
             scene = sample_scene(scene_rng(seed, k * 1_000_003 + j), forced)
-            images[i] = np.asarray(render(scene, size=size))
+            images[i] = picture(scene, forced, size)
             labels[i] = k
             scenes.append(scene)
             i += 1

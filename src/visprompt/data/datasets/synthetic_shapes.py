@@ -2,9 +2,11 @@
 
 Fourteen shape classes (:data:`visprompt.data.synthetic.SHAPES`) drawn from
 :data:`~visprompt.data.synthetic.DOWNSTREAM_WORLD`: the same world the shipped
-``demo-tiny`` backbone was pretrained on, under a shift: colours independent
-of shapes (pretraining showed each shape in a habitual colour half of the
-time), backgrounds the backbone never saw, more clutter and occlusion. Several
+``demo-tiny`` backbone was pretrained on, under a shift: a coarser camera
+(pictures rendered at 16 x 16 pixels and stored at 32 x 32 in 2 x 2 blocks, so
+the backbone sees pixelated shapes it never saw in pretraining), colours
+independent of shapes (pretraining showed each shape in a habitual colour half
+of the time), backgrounds the backbone never saw, more clutter and occlusion. Several
 classes come in visually and semantically close groups (circle/ellipse/ring,
 square/rectangle/diamond, pentagon/hexagon, star/cross), so ``asym-semantic``
 label noise has meaning.
@@ -37,7 +39,7 @@ from visprompt.errors import VispromptError
 
 NAME = "synthetic-shapes"
 #: Bump when the generator or the split sizes change: the cache path includes it.
-VERSION = "v2"
+VERSION = "v3"
 CLASSNAMES: tuple[str, ...] = SHAPES
 #: Pixels per side (the demo backbone's input size, so no resizing happens).
 IMAGE_SIZE = 32
@@ -186,7 +188,7 @@ SPEC = register_dataset(
         name=NAME,
         description=(
             f"generated shapes world: {len(CLASSNAMES)} shape classes, 64 train / 16 val / "
-            "50 test images per class, 32 px; made on first use, no download"
+            "50 test images per class, 32 px (pixelated camera); made on first use, no download"
         ),
         layout=(
             "nothing to download: generated on first use into root, or into "
