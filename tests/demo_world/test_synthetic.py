@@ -58,24 +58,29 @@ def test_attribute_coverage():
     assert len({s.position for s in scenes}) == 9
 
 
-@pytest.mark.parametrize("shape", syn.SHAPES)
-def test_every_shape_is_painted_in_its_colour(shape):
-    # A large, centred, unoccluded shape on a plain background: the pixel at the
-    # centre of its mass has the shape's colour and the corners the background's.
-    scene = syn.Scene(
+def _centred(shape: str, colour: str, bg_colour: str) -> syn.Scene:
+    """A large, centred, upright, unoccluded shape on a plain background."""
+    return syn.Scene(
         shape=shape,
-        colour="red",
+        colour=colour,
         size="large",
         radius=0.38,
         x=0.5,
         y=0.5,
         angle=0.0,
         background="plain",
-        bg_colour="blue",
+        bg_colour=bg_colour,
         clutter=0,
         occluded=False,
         detail_seed=0,
     )
+
+
+@pytest.mark.parametrize("shape", syn.SHAPES)
+def test_every_shape_is_painted_in_its_colour(shape):
+    # The pixel at the centre of its mass has the shape's colour and the corners
+    # the background's.
+    scene = _centred(shape, "red", "blue")
     img = np.asarray(syn.render(scene, size=32)).astype(int)
     red = np.all(np.abs(img - np.array(syn.COLOURS["red"])) < 10, axis=-1)
     assert red.sum() > 40  # the shape covers a real part of the picture
@@ -83,21 +88,8 @@ def test_every_shape_is_painted_in_its_colour(shape):
 
 
 def test_shapes_differ_from_each_other():
-    base = dict(
-        colour="white",
-        size="large",
-        radius=0.38,
-        x=0.5,
-        y=0.5,
-        angle=0.0,
-        background="plain",
-        bg_colour="black",
-        clutter=0,
-        occluded=False,
-        detail_seed=0,
-    )
     masks = {
-        s: np.asarray(syn.render(syn.Scene(shape=s, **base))).mean(axis=-1) > 128
+        s: np.asarray(syn.render(_centred(s, "white", "black"))).mean(axis=-1) > 128
         for s in syn.SHAPES
     }
     for i, a in enumerate(syn.SHAPES):

@@ -13,6 +13,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 import torch
 from PIL import Image
@@ -28,8 +29,8 @@ class UnreadableImageWarning(UserWarning):
     """An image file could not be decoded and was skipped."""
 
 
-def load_rgb(path: str | Path) -> Image.Image | None:
-    """Decode an image fully into RGB, or return None when the file cannot be read.
+def load_rgb(path: str | Path | IO[bytes]) -> Image.Image | None:
+    """Decode an image (a path or an open binary file) fully into RGB, or None if unreadable.
 
     Missing files, non-image bytes, truncated files and decoder errors all
     give None: the image is decoded completely (``load()``), so truncation is

@@ -23,6 +23,7 @@ step (the reference implementations' behaviour, kept for comparison).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -123,14 +124,17 @@ class _ViewsDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        path = self.samples[index].path
-        image = load_rgb(path)
+        try:  # read once: the bytes are both decoded and hashed
+            data = Path(self.samples[index].path).read_bytes()
+        except OSError:
+            data = None
+        image = None if data is None else load_rgb(io.BytesIO(data))
         if image is None:
             blank = torch.zeros(self.num_views, 3, self.image_size, self.image_size)
             return blank, index, False
         # Seed by content, not path: the same dataset under another root (or a
         # generated one under another cache folder) must get the same views.
-        key = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        key = hashlib.sha256(data).hexdigest()
         views = []
         for v in range(self.num_views):
             torch.manual_seed(view_seed(key, v))
