@@ -41,6 +41,20 @@ def make_folder_dataset(
     return root
 
 
+def rel_err(a, b) -> float:
+    """``max|a - b| / max|b|``: the float error relative to the reference's scale.
+
+    Tests compare floats with this rather than an absolute tolerance, so that a
+    comparison holds for tensors of any magnitude, on any CPU and thread count.
+    """
+    a = torch.as_tensor(np.array(a, dtype=np.float64) if not torch.is_tensor(a) else a.detach())
+    b = torch.as_tensor(np.array(b, dtype=np.float64) if not torch.is_tensor(b) else b.detach())
+    a, b = a.double(), b.double()
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = b.abs().max()
+    return float((a - b).abs().max() / scale) if scale > 0 else float((a - b).abs().max())
+
+
 def run_overrides(dataset_root: Path, method: str = "coop", **extra) -> list[str]:
     """``--set`` overrides of a small, fast run on the colour dataset."""
     values = {
