@@ -152,6 +152,9 @@ def cmd_methods(args: argparse.Namespace) -> int:  # noqa: ARG001
         print(
             f"{name:10s} {entry.description}\n{'':10s} text sequences per step: {entry.text_cost}"
         )
+        if entry.reference:
+            released = ", ".join(f"{k}={v}" for k, v in entry.reference.items())
+            print(f"{'':10s} preset: reference sets {released}")
     return 0
 
 

@@ -1,10 +1,15 @@
 """Typed run configuration: a YAML file plus dotted overrides, validated once at the edge.
 
 A run config has the sections ``backbone``, ``data``, ``noise``, ``method``,
-``optim``, ``eval`` and the keys ``precision`` and ``seed``. Each method
-registers its own pydantic model for its options (``method.name`` chooses it)
-and may declare optimiser defaults (e.g. VisPrompt's batch size 16) that apply
-wherever the user did not set a value.
+``optim``, ``eval``, ``engine`` and the keys ``precision``, ``seed`` and
+``preset``. Each method registers its own pydantic model for its options
+(``method.name`` chooses it) and may declare its paper's defaults (e.g.
+VisPrompt's batch size 16) that apply wherever the user did not set a value.
+
+``preset: reference`` first sets, wherever the user set nothing, the values in
+which each method's *released code* differs from its paper (declared by the
+method as ``reference=`` at registration, e.g. NLPrompt's ``ot_cost:
+neg_prob``); the default ``preset: paper`` keeps the papers' settings.
 
 ``load_run_config(path, overrides)`` is the only entry: it reads the YAML,
 applies ``--set a.b=value`` overrides (values parsed as YAML scalars), merges
@@ -190,6 +195,8 @@ class RunConfig(Section):
     eval: EvalConfig = EvalConfig()
     engine: EngineConfig = EngineConfig()
     precision: Literal["fp32", "amp", "fp16"] = "fp32"
+    #: ``paper`` (the papers' settings) or ``reference`` (as each method's released code)
+    preset: Literal["paper", "reference"] = "paper"
     #: seed of initialisation and training order; noise and few-shot use data.seed
     seed: int | None = None
     #: recompute image features every step from fresh augmentations (reference behaviour)
@@ -214,6 +221,8 @@ NON_IDENTITY_KEYS = (
     ("data", "num_workers"),
     ("backbone", "device"),
     ("engine", None),
+    # a label: the values a preset sets are in the resolved config themselves
+    ("preset", None),
 )
 
 
@@ -326,6 +335,35 @@ def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:
     return sorted(getattr(current, "model_fields", {}).keys())
 
 
+#: ``preset`` values: the papers' settings, or each method's released code.
+PRESETS = ("paper", "reference")
+#: Precisions that only exist on a GPU: a reference preset asking for one keeps fp32 on CPU.
+GPU_ONLY_PRECISIONS = ("fp16",)
+
+
+def _runs_on_gpu(raw: dict) -> bool:
+    device = str(get_dotted(raw, "backbone.device") or "auto")
+    if device == "auto":
+        import torch  # late: parsing a config needs no torch otherwise
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
+def apply_reference_preset(raw: dict, reference: dict) -> None:
+    """Set a method's released-code values (``MethodEntry.reference``) where ``raw`` has none.
+
+    What the user wrote always wins. A GPU-only precision (the references' fp16)
+    is set only for a run that will use a GPU; on CPU the run stays fp32.
+    """
+    for dotted, value in reference.items():
+        if get_dotted(raw, dotted) is not None:
+            continue
+        if dotted == "precision" and value in GPU_ONLY_PRECISIONS and not _runs_on_gpu(raw):
+            continue
+        set_dotted(raw, dotted.split("."), value)
+
+
 def validate_run_config(raw: dict) -> RunConfig:
     """Validate a plain dict (YAML content + overrides) into a :class:`RunConfig`."""
     from visprompt.methods import METHOD_REGISTRY  # late: methods import config
@@ -337,6 +375,14 @@ def validate_run_config(raw: dict) -> RunConfig:
             "missing option 'method.name'; set it to one of: " + ", ".join(METHOD_REGISTRY.names())
         )
     entry = METHOD_REGISTRY.get(str(method_raw["name"]))
+    preset = raw.get("preset", "paper")
+    if preset not in PRESETS:
+        raise VispromptError(
+            f"unknown preset {preset!r}; choose paper (the papers' settings, the default) or "
+            "reference (as each method's released code)"
+        )
+    if preset == "reference":
+        apply_reference_preset(raw, entry.reference)
     try:
         method_cfg = entry.config_cls(**method_raw)
     except ValidationError as exc:

@@ -50,6 +50,7 @@ class CoCoOpConfig(ContextConfig):
     "cocoop",
     config=CoCoOpConfig,
     defaults={"optim.epochs": 10, "optim.batch_size": 1, "optim.lr": 0.002},
+    reference={"precision": "fp16"},  # CoCoOp configs: PREC fp16
     text_cost="B·K",
     description="CoCoOp: context shifted per image by a meta-net on the image embedding, CE",
 )

@@ -61,6 +61,7 @@ class ContextMethod(PromptMethod):
     "coop",
     config=CoOpConfig,
     defaults={"optim.epochs": 200, "optim.batch_size": 32, "optim.lr": 0.002},
+    reference={"precision": "fp16"},  # CoOp configs: PREC fp16
     text_cost="K",
     description="CoOp: shared learnable context, cross-entropy",
 )

@@ -302,6 +302,8 @@ def paired_batches(
         "optim.lr": 0.002,
         "noise.protocol": "balanced",
     },
+    # released rn50.yaml: ALPHA2 0.5 for every dataset; PREC fp16
+    reference={"method.alpha2": 0.5, "precision": "fp16"},
     text_cost="K (+ K per epoch: partition pass)",
     description="JoAPR: GMM loss partition + label refurbishment + mixup, balanced noise protocol",
     check=check_joapr,

@@ -22,6 +22,8 @@ class NLPromptConfig(ContextConfig, OTConfig):
     "nlprompt",
     config=NLPromptConfig,
     defaults={"optim.epochs": 200, "optim.batch_size": 32, "optim.lr": 0.002},
+    # released code: log_softmax of probabilities as the OT cost (= -p); PREC fp16
+    reference={"method.ot_cost": "neg_prob", "precision": "fp16"},
     text_cost="K (+ K per epoch: purification)",
     description="NLPrompt: CoOp + OT purification; CE on clean, MAE on noisy",
 )

@@ -69,6 +69,8 @@ def check_balanced_protocol(config: RunConfig) -> None:
         "optim.lr": 0.002,
         "noise.protocol": "balanced",
     },
+    # released script: CE (GCE only behind --use-robustloss); PREC fp16
+    reference={"method.loss": "ce", "precision": "fp16"},
     text_cost="K",
     description="PTNL: CoOp with generalised cross-entropy (q 0.5), balanced noise protocol",
     check=check_balanced_protocol,

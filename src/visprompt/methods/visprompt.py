@@ -189,6 +189,13 @@ def reliability_signal(logits: torch.Tensor) -> torch.Tensor:
     "visprompt",
     config=VisPromptConfig,
     defaults={"optim.epochs": 100, "optim.batch_size": 16, "optim.lr": 0.002},
+    # released code: OT per shuffled train batch of 16, 32 shots in run.sh; PREC fp16
+    reference={
+        "method.ot_scope": "batch",
+        "method.ot_batch_size": 16,
+        "data.shots": 32,
+        "precision": "fp16",
+    },
     text_cost="B·K + K (+ N·K per epoch: purification)",
     description="VisPrompt: vision-guided prompts (cross-attention + FiLM gate) + NLPrompt OT",
     check=_check,
