@@ -55,6 +55,22 @@ def rel_err(a, b) -> float:
     return float((a - b).abs().max() / scale) if scale > 0 else float((a - b).abs().max())
 
 
+def tree_snapshot(*roots: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``roots`` -> (mode, content): compare before/after to prove
+    that a refused command left nothing behind and harmed nothing."""
+    out: dict[str, tuple[int, bytes]] = {}
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            continue
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                out[str(path)] = (path.stat().st_mode, path.read_bytes())
+            elif path.is_dir():
+                out[str(path) + "/"] = (path.stat().st_mode, b"")
+    return out
+
+
 def run_overrides(dataset_root: Path, method: str = "coop", **extra) -> list[str]:
     """``--set`` overrides of a small, fast run on the colour dataset."""
     values = {

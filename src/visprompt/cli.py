@@ -35,6 +35,20 @@ def add_set_argument(p: argparse.ArgumentParser, help: str) -> None:
     )
 
 
+def add_allow_unfinished_argument(p: argparse.ArgumentParser) -> None:
+    """``--allow-unfinished``: use an interrupted run's last checkpoint (outputs say so)."""
+    p.add_argument(
+        "--allow-unfinished",
+        action="store_true",
+        help="use the last checkpoint of a run that did not finish (the output says so)",
+    )
+
+
+def warn_unfinished(run: str, status: str) -> None:
+    if status:
+        print(f"warning: run {run} is {status}; these are its last checkpoint's", file=sys.stderr)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="run YAML file")
     add_set_argument(p, "override a config key, e.g. --set optim.lr=0.001 (repeatable)")
@@ -66,7 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from visprompt.engine.run import evaluate_run
 
-    m = evaluate_run(args.run, split=args.split, progress=not args.quiet)
+    m = evaluate_run(
+        args.run, split=args.split, progress=not args.quiet, allow_unfinished=args.allow_unfinished
+    )
+    warn_unfinished(args.run, m["status"])
     if args.json:
         print(json.dumps(m))
     else:
@@ -89,9 +106,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         paths += sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
         raise VispromptError("no images given; pass image paths or --folder DIR")
-    rows = predict_paths(args.run, paths, topk=args.topk)
     if args.csv:
-        _write_predictions_csv(Path(args.csv), rows)
+        from visprompt.engine.checkpoint import check_writable
+
+        check_writable(args.csv, "--csv")
+    rows = predict_paths(args.run, paths, topk=args.topk, allow_unfinished=args.allow_unfinished)
+    status = rows[0]["status"] if rows else ""
+    warn_unfinished(args.run, status)
+    if args.csv:
+        _write_predictions_csv(Path(args.csv), rows, status)
     for row in rows:
         if not row["readable"]:
             print(f"{row['path']}: unreadable image, skipped")
@@ -101,13 +124,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_predictions_csv(path: Path, rows: list[dict]) -> None:
+def _write_predictions_csv(path: Path, rows: list[dict], status: str = "") -> None:
     import csv
     import io
 
     from visprompt.engine.checkpoint import atomic_write_text
 
     buf = io.StringIO()
+    if status:
+        buf.write(f"# run {status}: predictions of its last checkpoint\n")
     writer = csv.writer(buf)
     k = max((len(r["top"]) for r in rows), default=0)
     header = ["path"]
@@ -200,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quiet", "-q", action="store_true")
+    add_allow_unfinished_argument(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes for new images")
@@ -208,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", help="predict every image under this folder")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--csv", help="also write the predictions to this CSV file")
+    add_allow_unfinished_argument(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("datasets", help="list or check datasets")

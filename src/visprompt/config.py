@@ -42,7 +42,12 @@ from visprompt.errors import VispromptError
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # allow_inf_nan=False: `lr: nan` passes a `> 0` check (every comparison with NaN is
+    # False) and then poisons the weights at the first step; no option is meant to be
+    # non-finite, so NaN and infinity are refused everywhere at parse time.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
 
 
 class BackboneConfig(Section):
@@ -247,8 +252,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise VispromptError(f"override {text!r} has an empty key; write it as key.sub=value")
+    if not raw.strip():
+        # An empty value (often an unset shell variable) would read as null and silently
+        # fall back to the default, discarding what the YAML file says.
+        raise VispromptError(
+            f"override {text!r} has an empty value; give one ({key.strip()}=VALUE), write "
+            f"{key.strip()}=null to ask for the default, or leave the override out"
+        )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -316,10 +328,14 @@ def _format_validation_error(exc: ValidationError, model: type[BaseModel], prefi
             )
         return f"missing option {key!r}; add it to the config or pass --set {key}=..."
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "finite_number":
+        msg = "must be a finite number (NaN and infinity are not allowed); give a number"
     given = err.get("input")
     hide = isinstance(given, (dict, list)) or "got" in msg
     shown = "" if hide else f" (got {given!r})"
-    return f"bad value for {key!r}: {msg}{shown}"
+    # pydantic's own messages say what is wrong but not what to do
+    fix = "" if ";" in msg else f"; correct {key} in the config file or with --set {key}=..."
+    return f"bad value for {key!r}: {msg}{shown}{fix}"
 
 
 def _allowed_keys(model: type[BaseModel], path: list[str]) -> list[str]:

@@ -31,6 +31,32 @@ STATE_FILE = "state.pt"
 WEIGHTS_FILE = "prompt.safetensors"
 
 
+def check_writable(path: str | Path, option: str, kind: str = "file") -> None:
+    """Fail now, before any work, when ``path`` cannot be written as a ``file`` or ``folder``.
+
+    One line naming the option (e.g. ``--csv``) and the fix; called at the edge so
+    that a bad output path never costs a finished computation.
+    """
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise VispromptError(f"{option} {path} is a folder; give the path of a file to write")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise VispromptError(f"{option} {path} is a file; give a folder to write into")
+    ancestor = path if kind == "folder" else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise VispromptError(
+            f"{option} {path} cannot be created: {ancestor} is a file, not a folder; "
+            "choose another path"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise VispromptError(
+            f"{option} {path} cannot be written: folder {ancestor} is not writable; "
+            "choose a writable location"
+        )
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -163,6 +163,7 @@ def _drop_unreadable(
 def _check_run_folder(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise VispromptError(f"output path {out} is a file; give a folder for --out")
+    ckpt.check_writable(out, "--out", "folder")
     finished = (out / RESULT_FILE).is_file()
     started = (out / ckpt.STATE_FILE).is_file()
     if resume:
@@ -458,10 +459,26 @@ class LoadedRun:
     classnames: tuple[str, ...]
     templates: tuple[str, ...]
     out: Path
+    #: "" for a finished run; "unfinished: epoch N of M" for one loaded with allow_unfinished
+    status: str = ""
 
 
-def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
-    """Rebuild a finished run's method with its trained weights (for eval/predict/export)."""
+def unfinished_status(out: Path, cfg: RunConfig, meta: dict) -> str:
+    """ "" when ``out`` holds a finished run (its result.json), else "unfinished: epoch N of M"."""
+    if (out / RESULT_FILE).is_file():
+        return ""
+    return f"unfinished: epoch {int(meta.get('epoch') or 0)} of {cfg.optim.epochs}"
+
+
+def load_run(
+    run_dir: str | Path, device: str | None = None, allow_unfinished: bool = False
+) -> LoadedRun:
+    """Rebuild a run's method with its trained weights (for eval/predict/export).
+
+    A run without ``result.json`` was interrupted: its checkpoint is an
+    intermediate model, so it is refused unless ``allow_unfinished`` (then
+    ``LoadedRun.status`` says how far it got, for every output to show).
+    """
     out = Path(run_dir)
     if not out.is_dir():
         raise VispromptError(f"run folder not found: {out}; give the --out folder of a run")
@@ -476,6 +493,13 @@ def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
         raw.setdefault("backbone", {})["device"] = device
     cfg = config_from_dict(raw)
     weights, meta = ckpt.load_weights(out / ckpt.WEIGHTS_FILE)
+    status = unfinished_status(out, cfg, meta)
+    if status and not allow_unfinished:
+        raise VispromptError(
+            f"run {out} is {status}; resume it with `visprompt train --config "
+            f"{out / CONFIG_FILE} --out {out} --resume`, or pass --allow-unfinished to use "
+            "its last checkpoint"
+        )
     backbone = build_backbone(cfg)
     if meta.get("backbone", {}).get("fingerprint") != backbone.identity.fingerprint:
         raise VispromptError(
@@ -494,7 +518,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
             "the run folder is damaged - train it again"
         ) from None
     method.eval()
-    return LoadedRun(cfg, backbone, method, classnames, spec.templates, out)
+    return LoadedRun(cfg, backbone, method, classnames, spec.templates, out, status)
 
 
 def split_samples(run: LoadedRun, split: str) -> tuple[list[Sample], torch.Tensor]:
@@ -530,24 +554,43 @@ def run_features(run: LoadedRun, samples: Sequence[Sample], progress: bool = Tru
     return cache.get(list(samples), 0, desc="encoding images")
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", progress: bool = True) -> dict:
-    """Accuracy and macro accuracy of a finished run on ``split`` (test, val or train)."""
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    progress: bool = True,
+    allow_unfinished: bool = False,
+) -> dict:
+    """Accuracy and macro accuracy of a finished run on ``split`` (test, val or train).
+
+    ``allow_unfinished`` scores an interrupted run's last checkpoint; the result's
+    ``status`` then says "unfinished: epoch N of M" ("" for a finished run).
+    """
     if split not in ("test", "val", "train"):
         raise VispromptError(f"unknown split {split!r}; choose test, val or train")
-    run = load_run(run_dir)
+    run = load_run(run_dir, allow_unfinished=allow_unfinished)
     samples, labels = split_samples(run, split)
     feats = run_features(run, samples, progress)
     keep = feats.ok
     logits = predict_logits(run.method, feats.subset(keep).clean(), run.cfg.engine.batch_size)
     metrics = accuracy_metrics(logits, labels[keep])
-    return {"split": split, "num_images": int(keep.sum()), **metrics}
+    return {"split": split, "num_images": int(keep.sum()), **metrics, "status": run.status}
 
 
 def predict_paths(
-    run_dir: str | Path, paths: Sequence[str], topk: int = 5, progress: bool = False
+    run_dir: str | Path,
+    paths: Sequence[str],
+    topk: int = 5,
+    progress: bool = False,
+    allow_unfinished: bool = False,
 ) -> list[dict]:
-    """Top-k classes with probabilities for each image path (unreadable ones flagged)."""
-    run = load_run(run_dir)
+    """Top-k classes with probabilities for each image path (unreadable ones flagged).
+
+    Each row's ``status`` is the run's: "" when finished, else "unfinished: epoch N of M"
+    (only with ``allow_unfinished``).
+    """
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise VispromptError(f"--topk is {topk}; give a whole number of at least 1 (e.g. --topk 5)")
+    run = load_run(run_dir, allow_unfinished=allow_unfinished)
     samples = [Sample(path=str(Path(p).resolve()), label=-1, classname="") for p in paths]
     missing = [s.path for s in samples if not Path(s.path).is_file()]
     if missing:
@@ -570,6 +613,7 @@ def predict_paths(
                 "top": [{"class": run.classnames[c], "prob": q} for c, q in zip(i, p, strict=True)]
                 if ok
                 else [],
+                "status": run.status,
             }
         )
     return rows

@@ -270,8 +270,10 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from visprompt.engine.checkpoint import check_writable
     from visprompt.experiments.report import write_report
 
+    check_writable(args.out, "--out", "folder")
     written = write_report(
         args.db,
         Path(args.out),

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
+from visprompt.cli import add_allow_unfinished_argument, warn_unfinished
 from visprompt.data.types import Sample
-from visprompt.engine.checkpoint import atomic_write_text
+from visprompt.engine.checkpoint import atomic_write_text, check_writable
 from visprompt.engine.evaluate import predict_logits
 from visprompt.engine.run import TRAINSET_FILE, load_run, run_features
 from visprompt.methods.ot_training import OTConfig, run_purification
@@ -50,11 +51,18 @@ class LabelIssues:
     rows: list[dict]
     summary: dict
     verdict_source: str
+    #: "" for a finished run, else "unfinished: epoch N of M" (see ``load_run``)
+    status: str = ""
 
 
-def find_label_issues(run_dir: str | Path, progress: bool = False) -> LabelIssues:
-    """Score every training label of a finished run (see module docstring)."""
-    run = load_run(run_dir)
+def find_label_issues(
+    run_dir: str | Path, progress: bool = False, allow_unfinished: bool = False
+) -> LabelIssues:
+    """Score every training label of a finished run (see module docstring).
+
+    ``allow_unfinished`` scores an interrupted run's last checkpoint; ``status`` says so.
+    """
+    run = load_run(run_dir, allow_unfinished=allow_unfinished)
     data = json.loads((run.out / TRAINSET_FILE).read_text())
     given = torch.tensor(data["given_labels"], dtype=torch.long)
     samples = [
@@ -95,7 +103,7 @@ def find_label_issues(run_dir: str | Path, progress: bool = False) -> LabelIssue
             }
         )
     summary = _summary(rows, noisy, given, truth)
-    return LabelIssues(rows=rows, summary=summary, verdict_source=source)
+    return LabelIssues(rows=rows, summary=summary, verdict_source=source, status=run.status)
 
 
 def _summary(rows: list[dict], noisy: torch.Tensor, given: torch.Tensor, truth) -> dict:
@@ -118,8 +126,11 @@ def _summary(rows: list[dict], noisy: torch.Tensor, given: torch.Tensor, truth) 
     return summary
 
 
-def label_issues_csv(rows: list[dict]) -> str:
+def label_issues_csv(rows: list[dict], status: str = "") -> str:
+    """The CSV text; an unfinished run's CSV starts with a ``# run <status>`` comment line."""
     buf = io.StringIO()
+    if status:
+        buf.write(f"# run {status}: scores of its last checkpoint, not of a finished model\n")
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
@@ -135,12 +146,17 @@ def label_issues_csv(rows: list[dict]) -> str:
 
 
 def export_label_issues(
-    run_dir: str | Path, csv_path: str | Path | None = None, progress: bool = False
+    run_dir: str | Path,
+    csv_path: str | Path | None = None,
+    progress: bool = False,
+    allow_unfinished: bool = False,
 ) -> tuple[LabelIssues, Path]:
     """Write the label-issue CSV (default ``<run>/label_issues.csv``); return it and its path."""
-    issues = find_label_issues(run_dir, progress=progress)
     path = Path(csv_path) if csv_path is not None else Path(run_dir) / "label_issues.csv"
-    atomic_write_text(path, label_issues_csv(issues.rows))
+    if Path(run_dir).is_dir():  # a missing run folder gets load_run's message
+        check_writable(path, "--csv")
+    issues = find_label_issues(run_dir, progress=progress, allow_unfinished=allow_unfinished)
+    atomic_write_text(path, label_issues_csv(issues.rows, issues.status))
     return issues, path
 
 
@@ -148,7 +164,10 @@ def export_label_issues(
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    issues, path = export_label_issues(args.run, args.csv, progress=not args.quiet)
+    issues, path = export_label_issues(
+        args.run, args.csv, progress=not args.quiet, allow_unfinished=args.allow_unfinished
+    )
+    warn_unfinished(args.run, issues.status)
     s = issues.summary
     print(f"verdict: {issues.verdict_source}")
     print(
@@ -180,5 +199,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="run folder of a finished run")
     p.add_argument("--csv", help="CSV to write (default: <run>/label_issues.csv)")
     p.add_argument("--top", type=int, default=10, help="rows to print (default 10)")
+    add_allow_unfinished_argument(p)
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_cmd)

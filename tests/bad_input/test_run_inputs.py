@@ -1,0 +1,185 @@
+"""The bad-input suite, part 1: config values, run-folder states, output paths, stores.
+
+Each row is one input a person can get wrong: the command line, the fragment the
+one-line ``error: ...`` must contain, and (for every row) the rule that a refused
+command exits with status 2 and leaves every file it could have touched exactly
+as it was - no half-written output, the feature cache and the runs unharmed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from vp_testing import run_overrides, tree_snapshot
+
+from visprompt.cli import main
+from visprompt.config import load_run_config
+from visprompt.engine import checkpoint as ckpt
+from visprompt.engine.run import train_run
+from visprompt.errors import VispromptError
+from visprompt.experiments.store import APPLICATION_ID, SCHEMA_VERSION
+
+
+class Interrupt(Exception):
+    """Stops a run after its first epoch, as a kill would (result.json never written)."""
+
+
+@dataclass
+class World:
+    base: Path
+    data: Path
+    done: Path  # a finished run
+    half: Path  # epoch 1 of 3, then interrupted
+    broken: Path  # the unfinished run with a truncated state.pt
+    image: Path
+
+    def train_args(self, *overrides: str, out: str = "new") -> list[str]:
+        sets = run_overrides(self.data, "coop", **{"data.cache_dir": str(self.base / "cache")})
+        argv = ["train", "--quiet", "--out", str(self.base / out)]
+        for item in [*sets, *overrides]:
+            argv += ["--set", item]
+        return argv
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, colour_dataset) -> World:
+    base = tmp_path_factory.mktemp("bad_runs")
+    over = run_overrides(colour_dataset, "coop", **{"data.cache_dir": str(base / "cache")})
+    quiet = {"progress": False, "log": lambda m: None}
+    train_run(load_run_config(None, [*over, "optim.epochs=2"]), base / "done", **quiet)
+
+    def stop(metrics: dict) -> None:
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_run(
+            load_run_config(None, [*over, "optim.epochs=3"]), base / "half", on_epoch=stop, **quiet
+        )
+    broken = base / "broken"
+    shutil.copytree(base / "half", broken)
+    state = (broken / ckpt.STATE_FILE).read_bytes()
+    (broken / ckpt.STATE_FILE).write_bytes(state[: len(state) // 3])
+    (base / "fresh").mkdir()
+    (base / "not-sqlite.db").write_bytes(os.urandom(4096))
+    with sqlite3.connect(base / "newer.db") as conn:
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with sqlite3.connect(base / "other.db") as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    image = next((colour_dataset / "test" / "red").glob("*.png"))
+    return World(base, colour_dataset, base / "done", base / "half", broken, image)
+
+
+def _cases() -> list[tuple[str, object, str]]:
+    def run(*argv):
+        return lambda w: [a(w) if callable(a) else a for a in argv]
+
+    def path(name):
+        return lambda w: str(w.base / name)
+
+    def image(w):
+        return str(w.image)
+
+    done, half = path("done"), path("half")
+    return [
+        # -- config values: refused before anything is written
+        ("config-nan", lambda w: w.train_args("optim.lr=nan"), "must be a finite number"),
+        ("config-inf", lambda w: w.train_args("optim.weight_decay=.inf"), "finite number"),
+        ("config-nan-method", lambda w: w.train_args("method.name=nlprompt", "method.ot_reg=nan"),
+         "'method.ot_reg': must be a finite number"),
+        ("config-empty-override", lambda w: w.train_args("optim.lr="), "has an empty value"),
+        ("config-wrong-type", lambda w: w.train_args("optim.epochs=many"),
+         "bad value for 'optim.epochs'"),
+        ("config-unknown-key", lambda w: w.train_args("optim.learning_rate=0.1"),
+         "unknown option 'optim.learning_rate'"),
+        ("config-unknown-preset", lambda w: w.train_args("preset=released"), "unknown preset"),
+        # -- run-folder states
+        ("run-missing", run("eval", "--run", path("nope")), "run folder not found"),
+        ("run-fresh", run("eval", "--run", path("fresh")), "is incomplete (missing config.yaml)"),
+        ("run-unfinished-eval", run("eval", "--run", half), "is unfinished: epoch 1 of 3"),
+        ("run-unfinished-predict", run("predict", "--run", half, image),
+         "is unfinished: epoch 1 of 3"),
+        ("run-unfinished-label-issues",
+         run("label-issues", "--run", half, "--csv", path("issues.csv")),
+         "is unfinished: epoch 1 of 3; resume it with"),
+        ("run-corrupt-state-resume",
+         lambda w: w.train_args("optim.epochs=3", out="broken") + ["--resume"],
+         "cannot be read"),
+        ("run-finished-retrain", lambda w: w.train_args("optim.epochs=2", out="done"),
+         "already holds a finished run"),
+        # -- predict arguments
+        ("predict-topk-zero", run("predict", "--run", done, "--topk", "0", image), "--topk is"),
+        ("predict-topk-negative", run("predict", "--run", done, "--topk", "-3", image),
+         "--topk is"),
+        # -- output paths checked before the work
+        ("predict-csv-onto-folder", run("predict", "--run", done, image, "--csv", path("done")),
+         "is a folder"),
+        ("label-issues-csv-onto-folder",
+         run("label-issues", "--run", done, "--csv", path("done")), "is a folder"),
+        ("label-issues-csv-under-file",
+         run("label-issues", "--run", done, "--csv", path("done/result.json/x.csv")),
+         "is a file, not a folder"),
+        ("train-out-is-file", lambda w: w.train_args(out="done/result.json"), "is a file"),
+        ("train-out-under-file", lambda w: w.train_args(out="done/result.json/sub"),
+         "cannot be created"),
+        ("report-out-onto-file",
+         run("report", "--db", path("other.db"), "--out", path("done/result.json")),
+         "is a file; give a folder"),
+        # -- results stores
+        ("store-not-sqlite", run("runs", "list", "--db", path("not-sqlite.db")),
+         "not a usable SQLite database"),
+        ("store-newer-schema", run("runs", "list", "--db", path("newer.db")),
+         "written by a newer visprompt"),
+        ("store-other-program", run("runs", "list", "--db", path("other.db")),
+         "database of another program"),
+        ("store-missing", run("runs", "list", "--db", path("nothing.db")), "not found"),
+    ]  # fmt: skip
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_refused_in_one_line_with_nothing_touched(world, capsys, argv, fragment):
+    before = tree_snapshot(world.base, world.data)
+    code = main(argv(world))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err and err[-1].startswith("error: ") and fragment in err[-1], err
+    assert ";" in err[-1], "the message names the fix after a ';'"
+    assert tree_snapshot(world.base, world.data) == before
+
+
+def test_unfinished_run_is_usable_on_request_and_says_so(world, capsys, tmp_path):
+    assert main(["eval", "--run", str(world.half), "--allow-unfinished", "--quiet"]) == 0
+    assert "is unfinished: epoch 1 of 3" in capsys.readouterr().err
+    csv = tmp_path / "issues.csv"
+    argv = ["label-issues", "--run", str(world.half), "--csv", str(csv), "--allow-unfinished"]
+    assert main([*argv, "--quiet"]) == 0
+    first = csv.read_text().splitlines()[0]
+    assert first.startswith("# run unfinished: epoch 1 of 3")
+    out = tmp_path / "pred.csv"
+    argv = ["predict", "--run", str(world.half), str(world.image), "--csv", str(out)]
+    assert main([*argv, "--allow-unfinished"]) == 0
+    assert out.read_text().startswith("# run unfinished: epoch 1 of 3")
+    # a finished run's outputs carry no such line
+    assert main(["predict", "--run", str(world.done), str(world.image), "--csv", str(out)]) == 0
+    assert out.read_text().startswith("path,")
+
+
+def test_an_unwritable_folder_is_refused_before_the_work(tmp_path, monkeypatch):
+    """Root may write anywhere, so the permission itself is simulated."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    with pytest.raises(VispromptError, match="folder .*locked is not writable"):
+        ckpt.check_writable(locked / "run", "--out", "folder")
+    with pytest.raises(VispromptError, match="--csv .* cannot be written"):
+        ckpt.check_writable(locked / "a.csv", "--csv")
+    ckpt.check_writable(tmp_path / "new" / "deeper" / "a.csv", "--csv")  # creatable: fine
