@@ -183,3 +183,43 @@ def test_an_unwritable_folder_is_refused_before_the_work(tmp_path, monkeypatch):
     with pytest.raises(VispromptError, match="--csv .* cannot be written"):
         ckpt.check_writable(locked / "a.csv", "--csv")
     ckpt.check_writable(tmp_path / "new" / "deeper" / "a.csv", "--csv")  # creatable: fine
+
+
+def _named_dataset(root: Path, names: list[str]) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in names:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(3):
+                pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def test_demo_backbone_refuses_class_names_it_cannot_read(tmp_path, capsys):
+    data = _named_dataset(tmp_path / "animals", ["zebra", "Schnauzer", "circle"])
+    argv = ["train", "--quiet", "--out", str(tmp_path / "run")]
+    for item in ["backbone.name=demo-tiny", "data.dataset=folder", f"data.root={data}",
+                 "data.shots=2", "method.name=coop", "optim.epochs=1"]:  # fmt: skip
+        argv += ["--set", item]
+    before = tree_snapshot(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "2 of 3 class names contain unknown words: 'Schnauzer' (schnau zer), 'zebra'" in err
+    assert "demo-tiny is a toy model" in err and "use a real CLIP checkpoint" in err
+    assert tree_snapshot(tmp_path) == before
+
+
+def test_identical_prompts_are_warned_about_before_training(tmp_path, capsys):
+    data = _named_dataset(tmp_path / "shop", ["Cafe", "cafe", "bakery"])
+    over = ["backbone.name=tiny-vit", "backbone.device=cpu", "data.dataset=folder",
+            f"data.root={data}", "data.shots=2", "method.name=zeroshot"]  # fmt: skip
+    argv = ["train", "--quiet", "--out", str(tmp_path / "run")]
+    for item in over:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    assert "classes 'Cafe', 'cafe' have identical prompts once tokenized" in capsys.readouterr().err

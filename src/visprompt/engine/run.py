@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from visprompt.backbone import FrozenCLIP, load_backbone
+from visprompt.backbone.vocabulary import check_class_names
 from visprompt.config import RunConfig, config_from_dict, diff_configs, identity_dict
 from visprompt.data import DATASETS
 from visprompt.data.fewshot import fewshot_splits
@@ -236,6 +237,7 @@ def prepare_run(cfg: RunConfig, progress: bool = True, log: Log = _stderr) -> Pr
     """Load backbone and data, sample, inject noise, build the method, get features."""
     backbone = build_backbone(cfg)
     spec, splits = read_dataset(cfg)
+    check_class_names(backbone, splits.classnames, log)
     fs, trainset = build_training_set(cfg, spec, splits, backbone)
     method = build_method(cfg, backbone, splits.classnames, spec.templates)
     extractor = FeatureExtractor(
