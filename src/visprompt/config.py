@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,18 @@ from pydantic import (
 )
 
 from visprompt.errors import VispromptError
+
+
+def absolute_path(path: str | None) -> str | None:
+    """``path`` made absolute against the working directory (``~`` expanded).
+
+    Paths are resolved once, at the edge: a run folder's config.yaml then means
+    the same files from any working directory (``eval`` from elsewhere, a sweep
+    worker, a colleague). Symlinks are kept as given (no ``resolve()``).
+    """
+    if path is None:
+        return None
+    return os.path.abspath(os.path.expanduser(str(path)))
 
 
 class Section(BaseModel):
@@ -60,6 +73,11 @@ class BackboneConfig(Section):
     download: bool = False
     pretrained: str = "openai"
     device: str = "auto"
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _absolute_checkpoint(cls, v: str | None) -> str | None:
+        return absolute_path(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> BackboneConfig:
@@ -89,6 +107,11 @@ class DataConfig(Section):
     cache_dir: str | None = None
     num_workers: int = Field(0, ge=0)
 
+    @field_validator("root", "cache_dir")
+    @classmethod
+    def _absolute_paths(cls, v: str | None) -> str | None:
+        return absolute_path(v)
+
     @field_validator("crop_scale")
     @classmethod
     def _crop_scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
@@ -114,6 +137,10 @@ class NoiseConfig(Section):
     type: NoiseType = "none"
     rate: float = 0.0
     protocol: Literal["relabel", "balanced"] = "relabel"
+    #: balanced protocol only: a class pool too small for its draw is drawn with
+    #: replacement (``replacement``, as PTNL/JoAPR; the run reports the duplicates) or
+    #: is an error (``strict``: no image twice). See :mod:`visprompt.data.protocols`.
+    pool_draw: Literal["replacement", "strict"] = "replacement"
 
     @field_validator("rate")
     @classmethod
@@ -289,6 +316,25 @@ def get_dotted(tree: dict, dotted: str) -> Any:
     return node
 
 
+def decode_text(data: bytes, what: str) -> str:
+    """UTF-8 text (a UTF-8 byte-order mark is fine); anything else is a one-line error.
+
+    Windows editors save UTF-16 (with a byte-order mark) or a legacy code page such as
+    Latin-1; guessing the code page could silently change a path or a class name, so
+    the file must be re-saved as UTF-8.
+    """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise VispromptError(f"{what} is UTF-16 text; save it as UTF-8 (e.g. in your editor)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise VispromptError(
+            f"{what} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}, perhaps "
+            "Latin-1 or Windows-1252); save it as UTF-8"
+        ) from None
+
+
 def load_yaml_file(path: str | Path, kind: str, what: str):
     """The parsed YAML of ``path``; a missing file or bad syntax is a one-line error.
 
@@ -299,7 +345,7 @@ def load_yaml_file(path: str | Path, kind: str, what: str):
     if not path.is_file():
         raise VispromptError(f"{kind} not found: {path}; give the path of {what}")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(decode_text(path.read_bytes(), f"{kind} {path}"))
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""

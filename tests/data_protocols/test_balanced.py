@@ -1,4 +1,4 @@
-"""The class-balanced noisy few-shot protocol (PTNL / JoAPR): counts, sources, no duplicates."""
+"""The class-balanced noisy few-shot protocol (PTNL / JoAPR): counts, sources, duplicates."""
 
 from __future__ import annotations
 
@@ -113,7 +113,11 @@ def test_rate_zero_and_real_noise_draw_only_clean_pools():
         fs, noise = balanced_noisy_fewshot(splits, 10, noise_type, 0.0, seed=2)
         assert noise.count == 0 and Counter(noise.noisy.tolist()) == {k: 10 for k in range(K)}
     with pytest.raises(VispromptError, match=r"clean pool holds 10 \(half\)"):
-        balanced_noisy_fewshot(splits, 12, "none", 0.0, seed=2)
+        balanced_noisy_fewshot(splits, 12, "none", 0.0, seed=2, pool_draw="strict")
+    # by default (as the references) a short clean pool is drawn with replacement
+    fs, noise = balanced_noisy_fewshot(splits, 12, "none", 0.0, seed=2)
+    assert Counter(noise.noisy.tolist()) == {k: 12 for k in range(K)}
+    assert len({s.path for s in fs.train}) < K * 12
     # real noise holds no noise pool back: the whole class can be drawn
     fs, noise = balanced_noisy_fewshot(splits, 20, "real", 0.0, seed=2)
     assert noise.count == 0 and len({s.path for s in fs.train}) == K * 20
@@ -123,8 +127,28 @@ def test_rate_zero_and_real_noise_draw_only_clean_pools():
 
 def test_val_is_lenient_when_the_clean_pool_runs_short():
     # 10 images: clean pool 5, 4 used by train at rate 0.5 -> 1 left for val
-    fs, _ = balanced_noisy_fewshot(make_splits((10,) * K), 8, "sym", 0.5, seed=0)
+    fs, _ = balanced_noisy_fewshot(
+        make_splits((10,) * K), 8, "sym", 0.5, seed=0, pool_draw="strict"
+    )
     assert Counter(s.label for s in fs.val) == {k: 1 for k in range(K)}
+    # drawn with replacement, val takes the clean-pool images no slot uses
+    for seed in range(3):
+        fs, _ = balanced_noisy_fewshot(make_splits((10,) * K), 8, "sym", 0.5, seed=seed)
+        train = {s.path for s in fs.train}
+        assert fs.val and not {s.path for s in fs.val} & train
+        assert all(class_of(s.path) == s.label for s in fs.val)
+
+
+def test_short_pair_flip_noise_pool_is_reused_with_replacement():
+    small = make_splits((20, 4, 20, 20, 20))  # class1's noise pool holds 2, class0 needs 3
+    fs, noise = balanced_noisy_fewshot(small, 4, "asym", 0.75, seed=1)
+    foreign = [
+        s.path
+        for s, g, bad in zip(fs.train, noise.noisy, noise.is_noisy, strict=True)
+        if g == 0 and bad
+    ]
+    assert len(foreign) == 3 and len(set(foreign)) == 2  # both images once, one again
+    assert all(class_of(p) == 1 for p in foreign)
 
 
 def test_rounding_is_half_up_on_the_written_decimal():
@@ -138,10 +162,12 @@ def test_rounding_is_half_up_on_the_written_decimal():
 def test_errors_name_the_problem_and_the_fix():
     splits = make_splits()
     with pytest.raises(VispromptError, match=r"class 'class0' has 20 training images.*lower data"):
-        balanced_noisy_fewshot(splits, 16, "sym", 0.25, seed=1)  # needs 12 > 10 clean
+        balanced_noisy_fewshot(splits, 16, "sym", 0.25, seed=1, pool_draw="strict")  # 12 > 10
     small = make_splits((20, 4, 20, 20, 20))  # class1's noise pool holds 2
     with pytest.raises(VispromptError, match=r"class 'class0' with images of class 'class1'"):
-        balanced_noisy_fewshot(small, 4, "asym", 0.75, seed=1)
+        balanced_noisy_fewshot(small, 4, "asym", 0.75, seed=1, pool_draw="strict")
+    with pytest.raises(VispromptError, match="pool_draw 'sometimes' is unknown"):
+        balanced_noisy_fewshot(splits, 8, "sym", 0.5, seed=1, pool_draw="sometimes")
     with pytest.raises(VispromptError, match="hold 50 images"):
         balanced_noisy_fewshot(make_splits((20,) * K), 11, "sym", 0.99, seed=1)
     with pytest.raises(VispromptError, match="asym-semantic is not available|not available"):

@@ -11,6 +11,7 @@ import ot
 import pytest
 import torch
 import torch.nn.functional as F
+from vp_testing import rel_err
 
 from visprompt.errors import VispromptError
 from visprompt.robust import budget_at, purify, sinkhorn_log, split_quality
@@ -169,22 +170,49 @@ def test_selection_takes_the_most_confident_rows():
 
 @pytest.mark.parametrize("cost", ["neg_log_prob", "neg_prob"])
 def test_batch_scope_equals_solving_each_batch_in_a_loop(cost):
-    probs, given, _ = synthetic(16 * 5 + 7, 6, 0.4, seed=6)  # 5 full batches and a remainder
+    n = 16 * 5 + 7  # 5 full batches and a remainder
+    probs, given, _ = synthetic(n, 6, 0.4, seed=6)
     budget = 0.5
-    res = purify(probs, given, scope="batch", budget=budget, cost=cost, return_plan=True)
-    plans = []
-    for start in range(0, probs.shape[0], 16):
-        block = probs[start : start + 16]
+    res = purify(
+        probs,
+        given,
+        scope="batch",
+        budget=budget,
+        cost=cost,
+        return_plan=True,
+        generator=torch.Generator().manual_seed(2),
+    )
+    # the blocks are consecutive slices of randperm(N) drawn from the generator
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(2))
+    plans = torch.empty(n, 6, dtype=probs.dtype)
+    for index in order.split(16):
+        block = probs[index]
         c = -torch.log(block + 1e-8) if cost == "neg_log_prob" else -F.log_softmax(block, 1)
         plan = pot_log(c, 0.01, numItermax=1000, stopThr=1e-6)
-        plans.append(plan)
-        assert torch.equal(res.pseudo_labels[start : start + 16], plan.argmax(1))
+        plans[index] = plan
+        assert torch.equal(res.pseudo_labels[index], plan.argmax(1))
         conf = plan.max(1).values / plan.sum(1)
-        np.testing.assert_allclose(res.confidence[start : start + 16], conf, rtol=1e-7)
+        np.testing.assert_allclose(res.confidence[index], conf, rtol=1e-7)
         # the reference keeps the int(B * budget) most confident rows of each batch
-        assert_top_rows(res.selected[start : start + 16], conf, int(len(block) * budget))
-    np.testing.assert_allclose(res.plan.numpy(), torch.cat(plans).numpy(), rtol=1e-7, atol=1e-13)
-    assert int(res.selected[-7:].sum()) == 3  # floor(7 * 0.5) within the last block
+        assert_top_rows(res.selected[index], conf, int(len(block) * budget))
+    assert rel_err(res.plan, plans) < 1e-7
+    assert int(res.selected[order[-7:]].sum()) == 3  # floor(7 * 0.5) within the last block
+    # a given permutation cuts the blocks from it instead
+    fixed = purify(probs, given, scope="batch", cost=cost, permutation=torch.arange(n))
+    first = probs[:16]
+    c = -torch.log(first + 1e-8) if cost == "neg_log_prob" else -F.log_softmax(first, 1)
+    assert torch.equal(fixed.pseudo_labels[:16], pot_log(c, 0.01, stopThr=1e-6).argmax(1))
+
+
+def test_batch_scope_permutation_errors():
+    probs, given, _ = synthetic(20, 4, 0.2, seed=8)
+    for bad in (torch.arange(19), torch.zeros(20, dtype=torch.long), torch.arange(20.0)):
+        with pytest.raises(VispromptError, match="permutation must hold each sample index"):
+            purify(probs, given, scope="batch", permutation=bad)
+    with pytest.raises(VispromptError, match="not both"):
+        purify(
+            probs, given, scope="batch", permutation=torch.arange(20), generator=torch.Generator()
+        )
 
 
 def test_batch_scope_differs_from_global():

@@ -97,7 +97,9 @@ def build_class_prompts(
     Args:
         tokenizer: an open_clip ``SimpleTokenizer`` (``encode``, ``sot_token_id``,
             ``eot_token_id``, ``context_length``).
-        classnames: K class names (underscores become spaces).
+        classnames: K class names (underscores become spaces). ``<name> .`` is
+            tokenized as one string, as CoOp tokenizes its whole prompt, so the
+            token ids equal CoOp's also where the name ends in punctuation.
         n_ctx: M, the number of context slots (ignored when ``ctx_init`` is given:
             M is then the number of tokens of the phrase).
         layout: where the class name goes: ``end`` (default), ``middle``, ``front``.
@@ -118,7 +120,6 @@ def build_class_prompts(
         raise VispromptError(f"n_ctx must be at least 1, got {n_ctx}")
     placeholder = tokenizer.encode("X")[0]
     ctx_tokens = list(init_ids) if init_ids else [placeholder] * n_ctx
-    period = tokenizer.encode(".")
     length = int(tokenizer.context_length)
     sot, eot = int(tokenizer.sot_token_id), int(tokenizer.eot_token_id)
 
@@ -127,16 +128,23 @@ def build_class_prompts(
     eot_index = torch.zeros(len(names), dtype=torch.long)
     positions = torch.zeros(len(names), n_ctx, dtype=torch.long)
     for k, name in enumerate(names):
-        name_ids = list(tokenizer.encode(name))
+        # CoOp tokenizes the whole prompt string "X .. X <name>." at once, so the name
+        # and the period are one BPE stretch: a name ending in punctuation merges with
+        # it ('pink-yellow dahlia?' + '.' gives the one token '?.'). For the front and
+        # middle positions CoOp takes the first len(encode(name)) tokens of that stretch
+        # as the class tokens.
+        suffix = list(tokenizer.encode(name + "."))
+        name_len = len(tokenizer.encode(name))
+        name_ids, rest = suffix[:name_len], suffix[name_len:]
         if layout == "end":
-            body = ctx_tokens + name_ids + period
+            body = ctx_tokens + suffix
             ctx_start = [1]
         elif layout == "front":
-            body = name_ids + ctx_tokens + period
+            body = name_ids + ctx_tokens + rest
             ctx_start = [1 + len(name_ids)]
         else:  # middle: half the context, the name, the other half
             half = n_ctx // 2
-            body = ctx_tokens[:half] + name_ids + ctx_tokens[half:] + period
+            body = ctx_tokens[:half] + name_ids + ctx_tokens[half:] + rest
             ctx_start = [1, 1 + half + len(name_ids)]
         seq = [sot, *body, eot]
         if len(seq) > length:

@@ -13,12 +13,39 @@ generator, so a class's draw does not depend on the order of the input):
 
 1. Each class's training images (sorted by path, duplicates dropped) are put in
    a seeded random order and split in two: the first ``ceil(n / 2)`` form the
-   class's *clean pool*, the rest its *noise pool* (the reference splits into
-   halves the same way). An image is only ever used from one pool, so no image
-   can appear twice in the training set.
-2. Class i takes ``shots - f`` images from its own clean pool (the first ones
-   of the pool's random order, so a lower rate's clean images contain a higher
-   rate's).
+   class's *clean pool*, the rest its *noise pool* (the references split into
+   halves the same way). An image is only ever used from one pool.
+
+   The references take the halves in the split file's order instead (JoAPR's
+   ``add_noise.py``; its pair-flip generator then shuffles within each half), so
+   their pools are the same for every seed. We keep a seeded order: our readers
+   do not all keep a file order (image folders, CSVs), sorting by path would
+   make the pools depend on file names (e.g. all of one camera's shots in one
+   half), and with a seeded split the spread over seeds covers the choice of
+   pools too. (CoOp wrote e.g. the Caltech101 and DTD split files from
+   shuffled image lists, ``DTD.read_and_split_data``, so there the reference's
+   fixed halves are one random split as well.)
+2. Class i fills ``shots - f`` slots from its own clean pool. ``pool_draw``
+   says what happens when the pool is short:
+
+   - ``"replacement"`` (default, as the references do): when the clean pool
+     holds fewer than ``shots`` images, the clean images are drawn uniformly
+     *with replacement*, so an image can fill several slots. The threshold is
+     the references' own: they draw ``shots`` positions (with replacement iff
+     the pool holds fewer than ``shots``) and then overwrite ``f`` of them with
+     foreign images, so a pool that could supply the ``shots - f`` clean
+     images without repeats is still drawn with replacement. Caltech101's
+     smallest classes hold about 16 training images in the CoOp split (clean
+     pool 8); 55 of its 100 have a clean pool below 16.
+   - ``"strict"``: no image is used twice; a class whose clean pool holds fewer
+     than ``shots - f`` images is an error.
+
+   Without replacement, the clean images are the first of the pool's random
+   order; with replacement, the first ``shots - f`` of a seeded sequence of
+   ``shots`` uniform draws. Either way a higher rate's clean images are a
+   subset of a lower rate's. The run folder reports how many training
+   entries repeat an image (``num_duplicates`` in ``trainset.json`` and
+   ``result.json``).
 3. Class i's ``f`` noisy slots are filled with images of other classes taken
    from their noise pools:
 
@@ -30,7 +57,10 @@ generator, so a class's draw does not depend on the order of the input):
      seeded stream). The reference draws with replacement and so silently
      collapsed duplicates; here there are none.
    - ``asym`` (pair flip): all ``f`` images from the noise pool of class
-     ``(i + 1) mod K``.
+     ``(i + 1) mod K``. With ``pool_draw: replacement``, a noise pool that
+     holds fewer than ``f`` images gives each of its images once and the rest
+     drawn uniformly with replacement from it (the reference repeats the
+     pool's last image for every missing slot); ``strict`` refuses.
    - ``none`` (rate 0): no foreign images; the clean pools still hold only
      half of each class, so the correctly labelled images of a noisy run are
      a subset of the clean run's.
@@ -38,8 +68,9 @@ generator, so a class's draw does not depend on the order of the input):
      noise pool is held out: the whole class is the clean pool.
 
 4. Validation: ``val_shots`` (default ``min(shots, 4)``) images per class from
-   what its clean pool has left after step 2 (fewer when the pool runs short,
-   as val never trains), correctly labelled. The dataset's own val split is
+   the images of its clean pool that no training slot uses, in the pool's
+   order (fewer when the pool runs short, as val never trains; none when
+   every image trains), correctly labelled. The dataset's own val split is
    not used.
 
 Rounding: ``f = floor(rate * shots + 1/2)`` on the decimal the rate was
@@ -62,7 +93,9 @@ from visprompt.errors import VispromptError
 
 #: Noise types the balanced protocol understands.
 BALANCED_NOISE_TYPES = ("none", "real", "sym", "asym")
-_POOL_STREAM, _SYM_STREAM = 20, 21
+#: What a pool too small for its draw does (``noise.pool_draw``; see the module docstring).
+POOL_DRAWS = ("replacement", "strict")
+_POOL_STREAM, _SYM_STREAM, _CLEAN_STREAM, _FLIP_STREAM = 20, 21, 22, 23
 #: Fresh attempts of the round-robin ``sym`` draw before giving up (it only fails
 #: when the noise pools are nearly exhausted by the request).
 _SYM_ATTEMPTS = 50
@@ -131,6 +164,24 @@ def _pools(
     return shuffled[:half], shuffled[half:]
 
 
+def _clean_positions(
+    pool: int, shots: int, n_clean: int, seed: int, label: int, pool_draw: str
+) -> list[int] | None:
+    """Positions in a class's clean pool of its ``n_clean`` clean images (None: too few).
+
+    Without replacement the first ``n_clean`` of the pool (already in random
+    order); with replacement (``pool_draw="replacement"`` and fewer than
+    ``shots`` images, the references' rule) the first ``n_clean`` of ``shots``
+    seeded uniform draws.
+    """
+    if pool >= shots or (pool_draw == "strict" and pool >= n_clean):
+        return list(range(n_clean))
+    if pool_draw == "strict" or pool == 0:
+        return None
+    draws = np.random.default_rng([seed, _CLEAN_STREAM, label]).integers(pool, size=shots)
+    return [int(i) for i in draws[:n_clean]]
+
+
 def _sym_sources(
     pool_sizes: Sequence[int], slots: int, seed: int
 ) -> list[list[tuple[int, int]]] | None:
@@ -174,6 +225,7 @@ def balanced_noisy_fewshot(
     rate: float,
     seed: int,
     val_shots: int | None = None,
+    pool_draw: str = "replacement",
 ) -> tuple[DatasetSplits, NoisyLabels]:
     """The class-balanced noisy few-shot training set of PTNL/JoAPR (see module docstring).
 
@@ -186,11 +238,16 @@ def balanced_noisy_fewshot(
         rate: fraction of each class's slots that hold foreign images, in [0, 1).
         seed: seeds the pools, the draws and the validation images.
         val_shots: validation images per class (default ``min(shots, 4)``).
+        pool_draw: ``"replacement"`` (default, as the references): a clean pool
+            with fewer than ``shots`` images is drawn with replacement, and a
+            pair-flip noise pool with fewer than ``f`` images is reused;
+            ``"strict"``: no image twice, a short pool is an error.
 
     Returns:
         ``(few_shot_splits, noise)``: ``few_shot_splits.train`` holds the
         ``K * shots`` training samples ordered by (given label, path), each
-        Sample carrying the image's TRUE class; ``noise.noisy`` is the label
+        Sample carrying the image's TRUE class (with ``pool_draw="replacement"``
+        an image may appear more than once); ``noise.noisy`` is the label
         each one is trained with (the class whose slot it fills), ``noise.true``
         its real class, ``noise.is_noisy`` where they differ (exactly
         ``round(rate * shots)`` per given class). ``val`` is replaced by clean
@@ -198,11 +255,17 @@ def balanced_noisy_fewshot(
 
     Raises:
         VispromptError: no shots given, a noise type this protocol lacks, a
-            rate outside [0, 1), fewer than two classes with noise, or a class
-            whose pools are too small for the request (the message names the
-            class, the counts and the fix).
+            rate outside [0, 1), fewer than two classes with noise, an unknown
+            ``pool_draw``, or a class whose pools are too small for the request
+            (the message names the class, the counts and the fix).
     """
     shots, rate = _check_args(shots, noise_type, rate, seed)
+    if pool_draw not in POOL_DRAWS:
+        raise VispromptError(
+            f"noise.pool_draw {pool_draw!r} is unknown; choose replacement (as PTNL/JoAPR) or "
+            "strict"
+        )
+    strict = pool_draw == "strict"
     k = splits.num_classes
     f = noisy_slots(rate, shots) if noise_type in ("sym", "asym") else 0
     if f and k < 2:
@@ -215,29 +278,39 @@ def balanced_noisy_fewshot(
         raise VispromptError(f"val shots {val_shots!r} is not a whole number >= 0; set e.g. 4")
     names = splits.classnames
     fix = "lower data.shots or noise.rate, add images, or use noise.protocol relabel"
+    if strict:
+        fix += " (or noise.pool_draw replacement, which reuses images as the references do)"
     images = _class_images(splits)
     split = noise_type != "real"
     pools = [_pools(imgs, seed, label, split) for label, imgs in enumerate(images)]
     n_clean = shots - f
+    clean_pos: list[list[int]] = []
     for label, (clean, _noise) in enumerate(pools):
-        if len(clean) < n_clean:
+        pos = _clean_positions(len(clean), shots, n_clean, seed, label, pool_draw)
+        if pos is None:
             raise VispromptError(
                 f"class {names[label]!r} has {len(images[label])} training images, so its clean "
                 f"pool holds {len(clean)}{' (half)' if split else ''}, but {shots} shots at "
                 f"noise rate {rate:g} need {n_clean} correctly labelled images from it; {fix}"
             )
+        clean_pos.append(pos)
     noise_sizes = [len(noise) for _, noise in pools]
     sources: list[list[tuple[int, int]]] = [[] for _ in range(k)]
     if f and noise_type == "asym":
         for label in range(k):
             src = (label + 1) % k
-            if noise_sizes[src] < f:
+            size = noise_sizes[src]
+            if size < f and (strict or size == 0):
                 raise VispromptError(
                     f"pair-flip noise fills {f} slots of class {names[label]!r} with images of "
-                    f"class {names[src]!r}, whose noise pool holds only {noise_sizes[src]} "
+                    f"class {names[src]!r}, whose noise pool holds only {size} "
                     f"(half of its {len(images[src])} training images); {fix}"
                 )
-            sources[label] = [(src, j) for j in range(f)]
+            pos = list(range(min(f, size)))
+            if size < f:  # each image once, the rest drawn with replacement
+                rng = np.random.default_rng([seed, _FLIP_STREAM, label])
+                pos += [int(j) for j in rng.integers(size, size=f - size)]
+            sources[label] = [(src, j) for j in pos]
     elif f:
         total = sum(noise_sizes)
         short = [i for i in range(k) if total - noise_sizes[i] < f]
@@ -258,8 +331,9 @@ def balanced_noisy_fewshot(
     train: list[tuple[int, Sample]] = []  # (given label, sample with its true label)
     val: list[Sample] = []
     for label, (clean, _noise) in enumerate(pools):
-        train.extend((label, s) for s in clean[:n_clean])
-        val.extend(clean[n_clean : n_clean + v_shots])
+        train.extend((label, clean[i]) for i in clean_pos[label])
+        used = set(clean_pos[label])
+        val.extend([s for i, s in enumerate(clean) if i not in used][:v_shots])
         train.extend((label, pools[src][1][j]) for src, j in sources[label])
     train.sort(key=lambda item: (item[0], item[1].path))
     given = np.array([g for g, _ in train], dtype=np.int64)
@@ -273,4 +347,4 @@ def balanced_noisy_fewshot(
     return out, NoisyLabels(noisy=given, true=true, is_noisy=is_noisy)
 
 
-__all__ = ["BALANCED_NOISE_TYPES", "balanced_noisy_fewshot", "noisy_slots"]
+__all__ = ["BALANCED_NOISE_TYPES", "POOL_DRAWS", "balanced_noisy_fewshot", "noisy_slots"]

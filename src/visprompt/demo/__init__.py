@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from visprompt.config import set_dotted, validate_run_config
+from visprompt.config import parse_override, set_dotted, validate_run_config
 from visprompt.engine.checkpoint import atomic_write_text
 from visprompt.engine.run import RESULT_FILE, train_run
 from visprompt.errors import VispromptError
@@ -100,9 +100,8 @@ def demo_config(method: str, noise: str, rate: float, seed: int, mode: Mode, ext
     }
     for key, value in values.items():
         set_dotted(raw, key.split("."), value)
-    for item in extra:
-        key, value = item.split("=", 1)
-        set_dotted(raw, key.split("."), yaml.safe_load(value))
+    for item in extra:  # parsed as `train --set` parses them: a bad one is a one-line error
+        set_dotted(raw, *parse_override(item))
     return validate_run_config(raw)
 
 

@@ -10,6 +10,7 @@ the run finished).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -36,6 +37,7 @@ from visprompt.engine.features import (
     FeatureExtractor,
     LiveFeatures,
     SplitFeatures,
+    default_cache_dir,
 )
 from visprompt.engine.trainer import TrainData, Trainer
 from visprompt.errors import VispromptError
@@ -99,12 +101,18 @@ class TrainingSet:
     noise: NoisyLabels
     true_known: bool
 
+    @property
+    def num_duplicates(self) -> int:
+        """Entries that repeat an earlier entry's image (``noise.pool_draw: replacement``)."""
+        return len(self.samples) - len({s.path for s in self.samples})
+
     def to_json(self) -> dict:
         return {
             "paths": [s.path for s in self.samples],
             "given_labels": self.noise.noisy.tolist(),
             "true_labels": self.noise.true.tolist() if self.true_known else None,
             "is_noisy": self.noise.is_noisy.tolist() if self.true_known else None,
+            "num_duplicates": self.num_duplicates,
         }
 
 
@@ -117,7 +125,13 @@ def build_training_set(
         from visprompt.data.protocols import balanced_noisy_fewshot
 
         fs, noisy = balanced_noisy_fewshot(
-            splits, data.shots, noise.type, noise.rate, seed=data.seed, val_shots=data.val_shots
+            splits,
+            data.shots,
+            noise.type,
+            noise.rate,
+            seed=data.seed,
+            val_shots=data.val_shots,
+            pool_draw=noise.pool_draw,
         )
         return fs, TrainingSet(fs.train, noisy, true_known=noise.type != "real")
     fs = fewshot_splits(
@@ -161,10 +175,58 @@ def _drop_unreadable(
 # ---------------------------------------------------------------- the run folder
 
 
+def damaged(out: Path, name: str, problem: str) -> VispromptError:
+    """The one-line error for a run-folder file that cannot be used."""
+    return VispromptError(
+        f"run folder {out} is damaged: {name} {problem}; train the run again with --overwrite "
+        "(or restore the file)"
+    )
+
+
+def read_run_config(out: Path) -> dict:
+    """The run's saved ``config.yaml`` as a dict; a damaged or empty file is one line."""
+    try:
+        raw = yaml.safe_load((out / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise damaged(out, CONFIG_FILE, "is not valid YAML") from None
+    if not isinstance(raw, dict) or "method" not in raw:
+        raise damaged(out, CONFIG_FILE, "holds no run configuration")
+    return raw
+
+
+def read_run_json(out: Path, name: str) -> Any:
+    """A JSON file of the run folder (trainset.json, result.json); damage is one line."""
+    try:
+        return json.loads((out / name).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise damaged(out, name, "is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise damaged(out, name, "is not valid JSON") from None
+
+
+#: How errors name the feature cache's location.
+CACHE_OPTION = "the feature cache folder (data.cache_dir or $VISPROMPT_CACHE)"
+
+
+def cache_folder(cfg: RunConfig) -> Path:
+    """Where a run's frozen features are cached."""
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+
+
 def _check_run_folder(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise VispromptError(f"output path {out} is a file; give a folder for --out")
     ckpt.check_writable(out, "--out", "folder")
+    if cfg.use_cache:
+        ckpt.check_writable(cache_folder(cfg), CACHE_OPTION, "folder")
+    root = cfg.data.root
+    if root is not None and os.path.isdir(root):
+        real_out, real_root = os.path.realpath(out), os.path.realpath(root)
+        if os.path.commonpath([real_out, real_root]) == real_root:
+            raise VispromptError(
+                f"--out {out} is inside the dataset folder {root}, where the next read would "
+                "list the run's files among the data; choose an --out outside it"
+            )
     finished = (out / RESULT_FILE).is_file()
     started = (out / ckpt.STATE_FILE).is_file()
     if resume:
@@ -173,7 +235,7 @@ def _check_run_folder(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) 
                 f"cannot resume: {out} holds no checkpoint ({ckpt.STATE_FILE}); "
                 "start the run without --resume"
             )
-        saved = yaml.safe_load((out / CONFIG_FILE).read_text())
+        saved = read_run_config(out)
         differ = diff_configs(identity_dict(saved), identity_dict(cfg.to_dict()))
         if differ:
             raise VispromptError(
@@ -231,6 +293,16 @@ class PreparedRun:
     cache: FeatureCache
     live: LiveFeatures | None = None
     notes: list[str] = field(default_factory=list)
+    #: :meth:`DatasetSplits.fingerprint` of the dataset as read (``--root`` checks it)
+    dataset_fingerprint: str = ""
+
+    def trainset_record(self) -> dict:
+        """trainset.json: the training set, the data root and the dataset's fingerprint."""
+        return {
+            **self.trainset.to_json(),
+            "root": self.cfg.data.root,
+            "dataset_fingerprint": self.dataset_fingerprint,
+        }
 
 
 def prepare_run(cfg: RunConfig, progress: bool = True, log: Log = _stderr) -> PreparedRun:
@@ -295,6 +367,7 @@ def prepare_run(cfg: RunConfig, progress: bool = True, log: Log = _stderr) -> Pr
         test_labels=test_labels,
         cache=cache,
         live=live,
+        dataset_fingerprint=splits.fingerprint(cfg.data.root),
     )
 
 
@@ -334,7 +407,7 @@ def train_run(
     _check_run_folder(out, cfg, resume, overwrite)
     if resume and (out / RESULT_FILE).is_file():
         log(f"run in {out} is already finished")
-        return json.loads((out / RESULT_FILE).read_text())
+        return read_run_json(out, RESULT_FILE)
     started = time.perf_counter()
     if cfg.engine.threads is not None:
         torch.set_num_threads(cfg.engine.threads)
@@ -371,7 +444,7 @@ def train_run(
         if overwrite:
             _clear_run_files(out)
         ckpt.atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        ckpt.atomic_write_text(out / TRAINSET_FILE, json.dumps(trainset.to_json()))
+        ckpt.atomic_write_text(out / TRAINSET_FILE, json.dumps(prep.trainset_record()))
 
     every = cfg.eval.every
 
@@ -410,7 +483,7 @@ def _finish_untrained(
     if overwrite:
         _clear_run_files(out)
     ckpt.atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    ckpt.atomic_write_text(out / TRAINSET_FILE, json.dumps(prep.trainset.to_json()))
+    ckpt.atomic_write_text(out / TRAINSET_FILE, json.dumps(prep.trainset_record()))
     ckpt.save_weights(out / ckpt.WEIGHTS_FILE, prep.method.state_dict(), weights_metadata(prep, 0))
     return _write_result(out, cfg, _result(cfg, prep, evaluate_test(prep), started), log)
 
@@ -430,6 +503,7 @@ def _result(cfg: RunConfig, prep: PreparedRun, final: dict, started: float) -> d
         "seed": cfg.data.seed,
         "epochs": cfg.optim.epochs if method.trainable else 0,
         "num_train": len(trainset.samples),
+        "num_duplicates": trainset.num_duplicates,
         "num_noisy": int(trainset.noise.is_noisy.sum()) if trainset.true_known else None,
         "num_test": int(prep.test_labels.numel()),
         "num_classes": prep.splits.num_classes,
@@ -463,6 +537,23 @@ class LoadedRun:
     out: Path
     #: "" for a finished run; "unfinished: epoch N of M" for one loaded with allow_unfinished
     status: str = ""
+    #: the data root the run was trained with, when ``root=`` moved it (paths are remapped)
+    moved_from: str | None = None
+
+    def local_path(self, path: str) -> str:
+        """A path of the run's records, under the data's current root."""
+        if self.moved_from is None or self.cfg.data.root is None:
+            return path
+        return os.path.join(self.cfg.data.root, os.path.relpath(path, self.moved_from))
+
+    def train_samples(self) -> tuple[list[Sample], dict]:
+        """The run's few-shot training set (given labels) and the trainset.json record."""
+        data = read_run_json(self.out, TRAINSET_FILE)
+        samples = [
+            Sample(path=self.local_path(p), label=int(y), classname=self.classnames[int(y)])
+            for p, y in zip(data["paths"], data["given_labels"], strict=True)
+        ]
+        return samples, data
 
 
 def unfinished_status(out: Path, cfg: RunConfig, meta: dict) -> str:
@@ -473,13 +564,20 @@ def unfinished_status(out: Path, cfg: RunConfig, meta: dict) -> str:
 
 
 def load_run(
-    run_dir: str | Path, device: str | None = None, allow_unfinished: bool = False
+    run_dir: str | Path,
+    device: str | None = None,
+    allow_unfinished: bool = False,
+    root: str | Path | None = None,
 ) -> LoadedRun:
     """Rebuild a run's method with its trained weights (for eval/predict/export).
 
     A run without ``result.json`` was interrupted: its checkpoint is an
     intermediate model, so it is refused unless ``allow_unfinished`` (then
     ``LoadedRun.status`` says how far it got, for every output to show).
+
+    ``root`` points the run at data that moved: the dataset found there must have
+    the fingerprint the run recorded (same files relative to the root, same labels
+    and classes), so another dataset is refused rather than scored.
     """
     out = Path(run_dir)
     if not out.is_dir():
@@ -490,10 +588,19 @@ def load_run(
                 f"run folder {out} is incomplete (missing {name}); train it first "
                 "(or --resume it if it was interrupted)"
             )
-    raw = yaml.safe_load((out / CONFIG_FILE).read_text())
+    raw = read_run_config(out)
     if device is not None:
         raw.setdefault("backbone", {})["device"] = device
-    cfg = config_from_dict(raw)
+    moved_from = None
+    if root is not None:
+        moved_from = (raw.get("data") or {}).get("root")
+        raw.setdefault("data", {})["root"] = os.path.abspath(os.path.expanduser(str(root)))
+    try:
+        cfg = config_from_dict(raw)
+    except VispromptError as exc:
+        raise damaged(out, CONFIG_FILE, f"is not a valid run config ({exc})") from None
+    if root is not None:
+        _check_moved_dataset(out, cfg)
     weights, meta = ckpt.load_weights(out / ckpt.WEIGHTS_FILE)
     status = unfinished_status(out, cfg, meta)
     if status and not allow_unfinished:
@@ -520,17 +627,30 @@ def load_run(
             "the run folder is damaged - train it again"
         ) from None
     method.eval()
-    return LoadedRun(cfg, backbone, method, classnames, spec.templates, out, status)
+    return LoadedRun(cfg, backbone, method, classnames, spec.templates, out, status, moved_from)
+
+
+def _check_moved_dataset(out: Path, cfg: RunConfig) -> None:
+    """The dataset under the new ``cfg.data.root`` is the one the run recorded."""
+    recorded = read_run_json(out, TRAINSET_FILE).get("dataset_fingerprint")
+    if not recorded:
+        raise VispromptError(
+            f"run {out} records no dataset fingerprint (it predates --root), so data under "
+            "another root cannot be checked; move the data back, or train the run again"
+        )
+    _, splits = read_dataset(cfg)
+    if splits.fingerprint(cfg.data.root) != recorded:
+        raise VispromptError(
+            f"the {cfg.data.dataset} data under --root {cfg.data.root} is not the dataset run "
+            f"{out} was trained on (other files, labels or classes); point --root at a copy "
+            "of the run's dataset"
+        )
 
 
 def split_samples(run: LoadedRun, split: str) -> tuple[list[Sample], torch.Tensor]:
     """The samples of ``split`` for a loaded run (train = its few-shot training set)."""
     if split == "train":
-        data = json.loads((run.out / TRAINSET_FILE).read_text())
-        samples = [
-            Sample(path=p, label=int(y), classname=run.classnames[int(y)])
-            for p, y in zip(data["paths"], data["given_labels"], strict=True)
-        ]
+        samples, data = run.train_samples()
         truth = data["true_labels"] or data["given_labels"]
         return samples, torch.tensor(truth, dtype=torch.long)
     _, splits = read_dataset(run.cfg)
@@ -561,6 +681,7 @@ def evaluate_run(
     split: str = "test",
     progress: bool = True,
     allow_unfinished: bool = False,
+    root: str | Path | None = None,
 ) -> dict:
     """Accuracy and macro accuracy of a finished run on ``split`` (test, val or train).
 
@@ -569,7 +690,7 @@ def evaluate_run(
     """
     if split not in ("test", "val", "train"):
         raise VispromptError(f"unknown split {split!r}; choose test, val or train")
-    run = load_run(run_dir, allow_unfinished=allow_unfinished)
+    run = load_run(run_dir, allow_unfinished=allow_unfinished, root=root)
     samples, labels = split_samples(run, split)
     feats = run_features(run, samples, progress)
     keep = feats.ok

@@ -68,9 +68,18 @@ def current_budget(cfg: OTConfig, epoch: int, num_epochs: int) -> float:
 
 
 def run_purification(
-    cfg: OTConfig, probs: torch.Tensor, labels: torch.Tensor, epoch: int, num_epochs: int
+    cfg: OTConfig,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    epoch: int,
+    num_epochs: int,
+    generator: torch.Generator | None = None,
 ) -> PurifyResult:
-    """The OT clean/noisy split of ``probs`` (N, K) against the given ``labels``."""
+    """The OT clean/noisy split of ``probs`` (N, K) against the given ``labels``.
+
+    ``generator`` shuffles the samples into the blocks of ``ot_scope: batch`` (the
+    epoch's generator during training; None: a fixed seed); global scope ignores it.
+    """
     return purify(
         probs,
         labels,
@@ -81,6 +90,7 @@ def run_purification(
         batch_size=cfg.ot_batch_size,
         num_iter_max=cfg.ot_iters,
         tol=cfg.ot_tol,
+        generator=generator,
     )
 
 
@@ -110,7 +120,9 @@ def ot_epoch_plan(cfg: OTConfig, ctx: EpochContext) -> EpochPlan:
             batches=shuffled_batches(everything, ctx.batch_size, ctx.generator),
             group=torch.full((n,), CLEAN, dtype=torch.long),
         )
-    result = run_purification(cfg, ctx.predict_train(), ctx.labels, ctx.epoch, ctx.num_epochs)
+    result = run_purification(
+        cfg, ctx.predict_train(), ctx.labels, ctx.epoch, ctx.num_epochs, generator=ctx.generator
+    )
     clean = result.clean_mask.cpu()
     group = torch.where(clean, CLEAN, NOISY).long()
     if cfg.schedule == "sequential":
