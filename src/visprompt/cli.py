@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +42,14 @@ def add_allow_unfinished_argument(p: argparse.ArgumentParser) -> None:
         "--allow-unfinished",
         action="store_true",
         help="use the last checkpoint of a run that did not finish (the output says so)",
+    )
+
+
+def add_root_argument(p: argparse.ArgumentParser) -> None:
+    """``--root``: the run's data moved; checked against the dataset's recorded fingerprint."""
+    p.add_argument(
+        "--root",
+        help="the run's dataset under another root (checked to be the same dataset)",
     )
 
 
@@ -81,7 +90,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from visprompt.engine.run import evaluate_run
 
     m = evaluate_run(
-        args.run, split=args.split, progress=not args.quiet, allow_unfinished=args.allow_unfinished
+        args.run,
+        split=args.split,
+        progress=not args.quiet,
+        allow_unfinished=args.allow_unfinished,
+        root=args.root,
     )
     warn_unfinished(args.run, m["status"])
     if args.json:
@@ -99,6 +112,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from visprompt.engine.run import predict_paths
 
     paths = list(args.images)
+    folders = [p for p in paths if Path(p).is_dir()]
+    if folders:
+        raise VispromptError(
+            f"{folders[0]} is a folder, not an image; predict every image in it with "
+            f"--folder {folders[0]}"
+        )
     if args.folder:
         folder = Path(args.folder)
         if not folder.is_dir():
@@ -199,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="visprompt",
         description="Robust prompt learning for frozen CLIP models under label noise.",
     )
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="also show the libraries' log messages"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -226,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quiet", "-q", action="store_true")
     add_allow_unfinished_argument(p)
+    add_root_argument(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes for new images")
@@ -263,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Libraries' log records (e.g. open_clip's "WARNING:root: No pretrained weights
+    # loaded" before our own one-line error) would give two messages, one misleading;
+    # they are shown only with --verbose. Our own warnings are printed, not logged.
+    root_logger = logging.getLogger()
+    previous = root_logger.level
+    logging.basicConfig(format="%(levelname)s:%(name)s: %(message)s")
+    root_logger.setLevel(logging.INFO if args.verbose else logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except VispromptError as exc:
@@ -273,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "interrupted; the last finished epoch is checkpointed (use --resume)", file=sys.stderr
         )
         return 130
+    finally:
+        root_logger.setLevel(previous)  # main() called in-process leaves logging as it was
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from vp_testing import run_overrides, tree_snapshot
+from vp_testing import make_folder_dataset, run_overrides, tree_snapshot
 
 from visprompt.cli import main
 from visprompt.config import load_run_config
@@ -65,6 +65,19 @@ def world(tmp_path_factory, colour_dataset) -> World:
     state = (broken / ckpt.STATE_FILE).read_bytes()
     (broken / ckpt.STATE_FILE).write_bytes(state[: len(state) // 3])
     (base / "fresh").mkdir()
+    for name, file, content in (
+        ("cfg-bad", "config.yaml", b"backbone: [unclosed\n"),
+        ("cfg-empty", "config.yaml", b""),
+        ("weights-cut", ckpt.WEIGHTS_FILE, None),
+        ("trainset-cut", "trainset.json", b'{"paths": ['),
+    ):
+        shutil.copytree(base / "done", base / name)
+        target = base / name / file
+        target.write_bytes(content if content is not None else target.read_bytes()[:100])
+    (base / "latin1.yaml").write_bytes("method: {name: coop}  # caf\xe9\n".encode("latin-1"))
+    (base / "utf16.yaml").write_bytes("method: {name: coop}\n".encode("utf-16"))
+    (base / "sweep-latin1.yaml").write_bytes("name: d\xe9mo\n".encode("latin-1"))
+    make_folder_dataset(base / "other-data", n_train=10)
     (base / "not-sqlite.db").write_bytes(os.urandom(4096))
     with sqlite3.connect(base / "newer.db") as conn:
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -112,7 +125,37 @@ def _cases() -> list[tuple[str, object, str]]:
          "cannot be read"),
         ("run-finished-retrain", lambda w: w.train_args("optim.epochs=2", out="done"),
          "already holds a finished run"),
+        ("run-config-damaged", run("eval", "--run", path("cfg-bad")),
+         "is damaged: config.yaml is not valid YAML"),
+        ("run-config-empty", run("predict", "--run", path("cfg-empty"), image),
+         "is damaged: config.yaml holds no run configuration"),
+        ("run-config-damaged-resume",
+         lambda w: w.train_args("optim.epochs=2", out="cfg-bad") + ["--resume"],
+         "is damaged: config.yaml"),
+        ("run-weights-truncated-eval", run("eval", "--run", path("weights-cut")),
+         "is damaged: prompt.safetensors cannot be read"),
+        ("run-weights-truncated-label-issues",
+         run("label-issues", "--run", path("weights-cut"), "--csv", path("x.csv")),
+         "is damaged: prompt.safetensors"),
+        ("run-trainset-damaged", run("eval", "--run", path("trainset-cut"), "--split", "train"),
+         "is damaged: trainset.json is not valid JSON"),
+        ("run-root-other-dataset", run("eval", "--run", done, "--root", path("other-data")),
+         "is not the dataset run"),
+        ("run-root-missing", run("label-issues", "--run", done, "--root", path("nowhere")),
+         "does not exist"),
+        # -- file encodings
+        ("config-latin1", run("train", "--config", path("latin1.yaml"), "--out", path("n")),
+         "is not UTF-8 text (byte 0xe9 on line 1"),
+        ("config-utf16", run("train", "--config", path("utf16.yaml"), "--out", path("n")),
+         "is UTF-16 text; save it as UTF-8"),
+        ("sweep-latin1",
+         run("sweep", "--config", path("sweep-latin1.yaml"), "--db", path("s.db"), "--dry-run"),
+         "is not UTF-8 text"),
+        ("train-out-inside-dataset", lambda w: w.train_args(out=str(w.data / "train" / "run")),
+         "is inside the dataset folder"),
         # -- predict arguments
+        ("predict-folder-positional", run("predict", "--run", done, path("other-data")),
+         "is a folder, not an image; predict every image in it with --folder"),
         ("predict-topk-zero", run("predict", "--run", done, "--topk", "0", image), "--topk is"),
         ("predict-topk-negative", run("predict", "--run", done, "--topk", "-3", image),
          "--topk is"),
@@ -130,6 +173,14 @@ def _cases() -> list[tuple[str, object, str]]:
         ("report-out-onto-file",
          run("report", "--db", path("other.db"), "--out", path("done/result.json")),
          "is a file; give a folder"),
+        ("sweep-runs-dir-is-a-file",
+         run("sweep", "--config", "configs/sweeps/tiny.yaml", "--set", lambda w: f"data.root={w.data}",
+             "--db", path("sweep.db"), "--runs-dir", path("done/result.json")),
+         "--runs-dir"),
+        ("sweep-db-under-a-file",
+         run("sweep", "--config", "configs/sweeps/tiny.yaml", "--set", lambda w: f"data.root={w.data}",
+             "--db", path("done/result.json/s.db")),
+         "folder"),
         # -- results stores
         ("store-not-sqlite", run("runs", "list", "--db", path("not-sqlite.db")),
          "not a usable SQLite database"),
@@ -182,6 +233,13 @@ def test_an_unwritable_folder_is_refused_before_the_work(tmp_path, monkeypatch):
         ckpt.check_writable(locked / "run", "--out", "folder")
     with pytest.raises(VispromptError, match="--csv .* cannot be written"):
         ckpt.check_writable(locked / "a.csv", "--csv")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("VISPROMPT_CACHE", str(locked))
+    over = run_overrides(tmp_path, "coop")
+    with pytest.raises(VispromptError, match="feature cache folder .* is not writable"):
+        train_run(load_run_config(None, over), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
     ckpt.check_writable(tmp_path / "new" / "deeper" / "a.csv", "--csv")  # creatable: fine
 
 
@@ -223,3 +281,72 @@ def test_identical_prompts_are_warned_about_before_training(tmp_path, capsys):
         argv += ["--set", item]
     assert main(argv) == 0
     assert "classes 'Cafe', 'cafe' have identical prompts once tokenized" in capsys.readouterr().err
+
+
+def test_run_folders_travel_between_working_directories(world, tmp_path, monkeypatch, capsys):
+    """Roots and checkpoints are stored absolute; `--root` follows data that moved."""
+    monkeypatch.chdir(world.data.parent)
+    relative = os.path.relpath(world.data)
+    over = run_overrides(Path(relative), "zeroshot", **{"data.cache_dir": "cache"})
+    train_run(load_run_config(None, over), tmp_path / "zs", progress=False, log=lambda m: None)
+    saved = (tmp_path / "zs" / "config.yaml").read_text()
+    assert f"root: {world.data}" in saved and f"cache_dir: {world.data.parent / 'cache'}" in saved
+    monkeypatch.chdir(tmp_path)  # elsewhere: the run still finds its data
+    assert main(["eval", "--run", str(tmp_path / "zs"), "--json", "--quiet"]) == 0
+    first = capsys.readouterr().out
+    moved = tmp_path / "moved"
+    shutil.copytree(world.data, moved)
+    for split in ("test", "train"):
+        argv = ["eval", "--run", str(world.done), "--split", split, "--json", "--quiet"]
+        assert main(argv) == 0
+        here = capsys.readouterr().out
+        assert main([*argv, "--root", str(moved)]) == 0
+        assert capsys.readouterr().out == here  # the same dataset gives the same numbers
+    assert first
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        ckpt.atomic_write_text(tmp_path / "a.json", "{}")
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+        os.umask(0o007)
+        ckpt.atomic_write_text(tmp_path / "b.json", "{}")
+        assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o660
+    finally:
+        os.umask(old)
+
+
+def test_too_few_shots_says_how_many_went_to_validation(tmp_path, capsys):
+    data = _named_dataset(tmp_path / "two", ["circle", "square"])  # 3 training images each
+    argv = ["train", "--quiet", "--out", str(tmp_path / "run")]
+    for item in ["backbone.name=tiny-vit", "backbone.device=cpu", "data.dataset=folder",
+                 f"data.root={data}", "data.shots=3", "method.name=coop"]:  # fmt: skip
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "has only 2 training images (3 in the dataset, 1 of them in the validation split)" in err
+
+
+def test_library_log_noise_is_kept_out_of_the_cli_output(tmp_path):
+    """open_clip logs on the root logger ("WARNING:root:..."); only --verbose shows it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys\n"
+        "import visprompt.cli as cli\n"
+        "real = cli.cmd_methods\n"
+        "def noisy(args):\n"
+        "    logging.warning('No pretrained weights loaded for model')\n"
+        "    return real(args)\n"
+        "cli.cmd_methods = noisy\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    quiet = subprocess.run([sys.executable, "-c", code, "methods"], capture_output=True, text=True)
+    assert quiet.returncode == 0 and "coop" in quiet.stdout
+    assert "No pretrained weights" not in quiet.stderr
+    loud = subprocess.run(
+        [sys.executable, "-c", code, "--verbose", "methods"], capture_output=True, text=True
+    )
+    assert "No pretrained weights loaded" in loud.stderr

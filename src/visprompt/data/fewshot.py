@@ -52,6 +52,7 @@ def _draw(
     allow_fewer: bool,
     split: str,
     classnames: Sequence[str] | None = None,
+    held_out: dict[int, list[Sample]] | None = None,
 ) -> tuple[Sample, ...]:
     seed = _check_seed(seed)
     labels = sorted(set(by_label) | set(range(len(classnames or ()))))
@@ -61,8 +62,17 @@ def _draw(
         n = len(items)
         if n < shots and not allow_fewer:
             name = items[0].classname if items else classnames[label]
+            # Say where the others went: a folder of 2 whose val split took 1 must not
+            # read as "the class has 1 image".
+            n_val = len((held_out or {}).get(label, ()))
+            where = (
+                f" ({n + n_val} in the dataset, {n_val} of them in the validation split)"
+                if n_val
+                else ""
+            )
             raise VispromptError(
-                f"class {name!r} has only {n} {split} images but {shots} shots were asked for; "
+                f"class {name!r} has only {n} {split} images{where} but {shots} shots were "
+                "asked for; "
                 f"lower data.shots to at most {n} or set data.allow_fewer=true (--allow-fewer) "
                 f"to use all of them"
             )
@@ -138,6 +148,7 @@ def fewshot_splits(
         allow_fewer,
         "training",
         splits.classnames,
+        held_out=_group(splits.val),
     )
     val = _draw(_group(splits.val), v_shots, seed, _VAL_STREAM, True, "validation")
     return splits.with_splits(train=train, val=val)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +40,24 @@ class DatasetSplits:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def fingerprint(self, root: str | Path | None) -> str:
+        """SHA-256 of what the dataset is, wherever it lies: its name, class names and
+        every split's (path relative to ``root``, label, file size). A moved copy keeps
+        it; other files, labels, classes or sizes change it. (Sizes, not contents: one
+        stat per file keeps it cheap enough to check on every ``--root``.)"""
+        digest = hashlib.sha256(json.dumps([self.name, list(self.classnames)]).encode())
+        base = os.path.abspath(root) if root is not None else None
+        for split in (self.train, self.val, self.test):
+            digest.update(b"|")
+            for s in split:
+                rel = os.path.relpath(s.path, base) if base else s.path
+                try:
+                    size = os.path.getsize(s.path)
+                except OSError:
+                    size = -1
+                digest.update(f"{Path(rel).as_posix()}\t{s.label}\t{size}\n".encode())
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,12 @@ def check_writable(path: str | Path, option: str, kind: str = "file") -> None:
         )
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +70,9 @@ def atomic_write_bytes(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates the file 0600; a written file must follow the umask like any
+        # other tool's (0644 under umask 022), or colleagues cannot read a run's results.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -101,8 +110,8 @@ def load_state(run_dir: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise VispromptError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}); delete the run folder "
-            "and train again"
+            f"run folder {run_dir} is damaged: checkpoint {STATE_FILE} cannot be read "
+            f"({type(exc).__name__}); train the run again with --overwrite"
         ) from None
 
 
@@ -115,7 +124,14 @@ def save_weights(path: Path, weights: dict[str, torch.Tensor], metadata: dict[st
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not path.is_file():
         raise VispromptError(f"no prompt weights at {path}; is the run finished?")
-    with safe_open(str(path), framework="pt") as fh:
-        meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open API
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open API
+    except Exception as exc:  # safetensors raises its own error types; JSON errors too
+        raise VispromptError(
+            f"run folder {path.parent} is damaged: {path.name} cannot be read "
+            f"({type(exc).__name__}); train the run again with --overwrite (or --resume it "
+            f"if {STATE_FILE} is intact)"
+        ) from None
     return tensors, meta

@@ -18,17 +18,15 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from visprompt.cli import add_allow_unfinished_argument, warn_unfinished
-from visprompt.data.types import Sample
+from visprompt.cli import add_allow_unfinished_argument, add_root_argument, warn_unfinished
 from visprompt.engine.checkpoint import atomic_write_text, check_writable
 from visprompt.engine.evaluate import predict_logits
-from visprompt.engine.run import TRAINSET_FILE, load_run, run_features
+from visprompt.engine.run import load_run, run_features
 from visprompt.methods.ot_training import OTConfig, run_purification
 
 CSV_COLUMNS = (
@@ -56,19 +54,18 @@ class LabelIssues:
 
 
 def find_label_issues(
-    run_dir: str | Path, progress: bool = False, allow_unfinished: bool = False
+    run_dir: str | Path,
+    progress: bool = False,
+    allow_unfinished: bool = False,
+    root: str | Path | None = None,
 ) -> LabelIssues:
     """Score every training label of a finished run (see module docstring).
 
     ``allow_unfinished`` scores an interrupted run's last checkpoint; ``status`` says so.
     """
-    run = load_run(run_dir, allow_unfinished=allow_unfinished)
-    data = json.loads((run.out / TRAINSET_FILE).read_text())
+    run = load_run(run_dir, allow_unfinished=allow_unfinished, root=root)
+    samples, data = run.train_samples()
     given = torch.tensor(data["given_labels"], dtype=torch.long)
-    samples = [
-        Sample(path=p, label=int(y), classname=run.classnames[int(y)])
-        for p, y in zip(data["paths"], data["given_labels"], strict=True)
-    ]
     feats = run_features(run, samples, progress=progress)
     probs = predict_logits(run.method, feats.clean(), run.cfg.engine.batch_size).softmax(dim=-1)
     predicted = probs.argmax(dim=-1)
@@ -150,12 +147,15 @@ def export_label_issues(
     csv_path: str | Path | None = None,
     progress: bool = False,
     allow_unfinished: bool = False,
+    root: str | Path | None = None,
 ) -> tuple[LabelIssues, Path]:
     """Write the label-issue CSV (default ``<run>/label_issues.csv``); return it and its path."""
     path = Path(csv_path) if csv_path is not None else Path(run_dir) / "label_issues.csv"
     if Path(run_dir).is_dir():  # a missing run folder gets load_run's message
         check_writable(path, "--csv")
-    issues = find_label_issues(run_dir, progress=progress, allow_unfinished=allow_unfinished)
+    issues = find_label_issues(
+        run_dir, progress=progress, allow_unfinished=allow_unfinished, root=root
+    )
     atomic_write_text(path, label_issues_csv(issues.rows, issues.status))
     return issues, path
 
@@ -165,7 +165,11 @@ def export_label_issues(
 
 def _cmd(args: argparse.Namespace) -> int:
     issues, path = export_label_issues(
-        args.run, args.csv, progress=not args.quiet, allow_unfinished=args.allow_unfinished
+        args.run,
+        args.csv,
+        progress=not args.quiet,
+        allow_unfinished=args.allow_unfinished,
+        root=args.root,
     )
     warn_unfinished(args.run, issues.status)
     s = issues.summary
@@ -200,5 +204,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", help="CSV to write (default: <run>/label_issues.csv)")
     p.add_argument("--top", type=int, default=10, help="rows to print (default 10)")
     add_allow_unfinished_argument(p)
+    add_root_argument(p)
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_cmd)

@@ -43,6 +43,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from visprompt.config import RunConfig
+from visprompt.engine.checkpoint import check_writable
+from visprompt.engine.run import CACHE_OPTION, cache_folder
 from visprompt.errors import VispromptError
 from visprompt.experiments.store import DEFAULT_TIMEOUT, ResultsStore, owner_is_live
 from visprompt.experiments.sweep import Sweep, SweepRun
@@ -128,6 +130,11 @@ def plan_sweep(
         db=db,
         runs_dir=Path(runs_dir).expanduser().absolute() if runs_dir else default_runs_dir(db),
     )
+    # Every place the sweep will write, checked before any row or folder is written.
+    check_writable(db, "--db")
+    check_writable(plan.runs_dir, "--runs-dir", "folder")
+    for cache in sorted({cache_folder(r.config) for r in sweep.runs if r.config.use_cache}):
+        check_writable(cache, CACHE_OPTION, "folder")
     rows: dict[str, dict] = {}
     if db.is_file() and db.stat().st_size > 0:
         with ResultsStore(db, timeout=timeout, create=False) as store:
