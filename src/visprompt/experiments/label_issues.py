@@ -27,6 +27,7 @@ from visprompt.cli import add_allow_unfinished_argument, add_root_argument, warn
 from visprompt.engine.checkpoint import atomic_write_text, check_writable
 from visprompt.engine.evaluate import predict_logits
 from visprompt.engine.run import load_run, run_features
+from visprompt.engine.trainer import epoch_seed
 from visprompt.methods.ot_training import OTConfig, run_purification
 
 CSV_COLUMNS = (
@@ -73,7 +74,11 @@ def find_label_issues(
     cfg = run.cfg.method
     if isinstance(cfg, OTConfig) and cfg.purify == "ot":
         epochs = run.cfg.optim.epochs
-        result = run_purification(cfg, probs, given, epoch=epochs - 1, num_epochs=epochs)
+        # the last epoch's generator: batch scope cuts the same blocks as training did
+        last = torch.Generator().manual_seed(epoch_seed(run.cfg.train_seed, epochs - 1) + 1)
+        result = run_purification(
+            cfg, probs, given, epoch=epochs - 1, num_epochs=epochs, generator=last
+        )
         noisy = result.noisy_mask.cpu()
         source = "optimal-transport purification of the final model"
     else:

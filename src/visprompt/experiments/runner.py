@@ -196,7 +196,9 @@ def feature_keys(cfg: RunConfig) -> tuple[str, ...]:
         "protocol": cfg.noise.protocol,
     }
     if cfg.noise.protocol == "balanced":  # the noisy images themselves depend on the noise
-        train.update(noise_type=cfg.noise.type, noise_rate=cfg.noise.rate)
+        train.update(
+            noise_type=cfg.noise.type, noise_rate=cfg.noise.rate, pool_draw=cfg.noise.pool_draw
+        )
     return (
         json.dumps(["train", train], sort_keys=True),
         json.dumps(["test", common], sort_keys=True),
