@@ -47,7 +47,8 @@ def test_zeroshot_runs_without_training(colour_dataset, tmp_path):
     result = train_run(cfg, tmp_path / "zs", **QUIET)
     assert result["epochs"] == 0 and result["trainable_params"] == 0
     assert not (tmp_path / "zs" / "state.pt").exists()
-    assert 0.0 <= result["test_accuracy"] <= 100.0
+    # the run folder alone reproduces the score (the text classifier is rebuilt from it)
+    assert evaluate_run(tmp_path / "zs", progress=False)["accuracy"] == result["test_accuracy"]
 
 
 def test_same_seed_same_numbers_and_noise_metrics(colour_dataset, tmp_path):
@@ -117,7 +118,7 @@ def test_no_cache_encodes_fresh_augmentations_every_step(colour_dataset, tmp_pat
     result = train_run(load_run_config(None, over), tmp_path / "live", **QUIET)
     assert sum(calls) == 32 + 2 * 32 + 24  # clean train + every step's images + test
     assert not (Path(os.environ["VISPROMPT_CACHE"]) / "features").exists()
-    assert result["test_accuracy"] >= 0.0
+    assert evaluate_run(tmp_path / "live", progress=False)["accuracy"] == result["test_accuracy"]
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -126,7 +127,8 @@ def test_lr_schedule_warmup_then_cosine():
         ["backbone.name=tiny-vit", "data.dataset=folder", "method.name=coop", "optim.epochs=10"],
     )
     assert lr_factor(0, cfg.optim) * cfg.optim.lr == pytest.approx(1e-5)
-    assert lr_factor(5, cfg.optim) == pytest.approx(0.5)
+    assert lr_factor(1, cfg.optim) == pytest.approx(1.0)  # the cosine starts after the warm-up
+    assert lr_factor(6, cfg.optim) == pytest.approx(0.5)
     assert lr_factor(1, cfg.optim) > lr_factor(2, cfg.optim) > lr_factor(9, cfg.optim) > 0
 
 
@@ -185,6 +187,28 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(colour_dataset, tmp_pat
         train_run(cfg, tmp_path / "nan", **QUIET)
     state = torch.load(tmp_path / "nan" / "state.pt", weights_only=True)
     assert state["epoch"] == 0 and not (tmp_path / "nan" / "result.json").exists()
+
+
+def test_non_finite_parameters_are_never_checkpointed(colour_dataset, tmp_path, monkeypatch):
+    # The last step of epoch 2 overflows the parameters while every loss stayed finite
+    # (an fp16 overflow or a huge step does this); its checkpoint must not be written.
+    real, steps = torch.optim.SGD.step, {"n": 0}
+
+    def overflowing(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        steps["n"] += 1
+        if steps["n"] == 8:  # 4 steps per epoch
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.data.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", overflowing)
+    cfg = load_run_config(None, run_overrides(colour_dataset, "coop", **{"optim.epochs": 3}))
+    with pytest.raises(VispromptError, match=r"parameters prompt.ctx became non-finite in epoch 2"):
+        train_run(cfg, tmp_path / "inf", **QUIET)
+    state = torch.load(tmp_path / "inf" / "state.pt", weights_only=True)
+    assert state["epoch"] == 0 and not (tmp_path / "inf" / "result.json").exists()
 
 
 def test_cli_train_eval_predict(colour_dataset, tmp_path, capsys):

@@ -162,13 +162,17 @@ class NoiseConfig(Section):
 class OptimConfig(Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
     epochs: int = 50
     batch_size: int = 32
     scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, gt=0)
+    #: skip each loader's last partial batch when it has a full one, as the
+    #: references' Dassl train loaders do (every trained method here follows one);
+    #: false trains on every sample every epoch
+    drop_last: bool = True
 
     @field_validator("lr")
     @classmethod

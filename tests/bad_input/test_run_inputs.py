@@ -111,6 +111,10 @@ def _cases() -> list[tuple[str, object, str]]:
         ("config-unknown-key", lambda w: w.train_args("optim.learning_rate=0.1"),
          "unknown option 'optim.learning_rate'"),
         ("config-unknown-preset", lambda w: w.train_args("preset=released"), "unknown preset"),
+        ("config-negative-momentum", lambda w: w.train_args("optim.momentum=-0.9"),
+         "bad value for 'optim.momentum': Input should be greater than or equal to 0"),
+        ("config-negative-weight-decay", lambda w: w.train_args("optim.weight_decay=-1e-4"),
+         "bad value for 'optim.weight_decay': Input should be greater than or equal to 0"),
         # -- run-folder states
         ("run-missing", run("eval", "--run", path("nope")), "run folder not found"),
         ("run-fresh", run("eval", "--run", path("fresh")), "is incomplete (missing config.yaml)"),

@@ -1,8 +1,14 @@
 """Optimiser and learning-rate schedule of the reference configs (Dassl's).
 
-Epochs ``0 .. warmup_epochs-1`` run at the constant ``warmup_lr``; epoch ``e``
-after that runs at ``lr * 0.5 * (1 + cos(pi * e / epochs))`` (cosine), or at
-``lr`` (constant). The schedule is stepped once per epoch.
+Epochs ``0 .. W-1`` (``W = warmup_epochs``) run at the constant ``warmup_lr``;
+epoch ``e >= W`` runs at ``lr * 0.5 * (1 + cos(pi * (e - W) / epochs))``
+(cosine), or at ``lr`` (constant). The schedule is stepped once per epoch.
+
+The cosine restarts its count after the warm-up, as Dassl's
+``ConstantWarmupScheduler`` does (KaiyangZhou/Dassl.pytorch 27eb2f4,
+``dassl/optim/lr_scheduler.py``: the wrapped ``CosineAnnealingLR(T_max=epochs)``
+is stepped only once the warm-up is over, so the first epoch after it runs at
+the full ``lr``). With ``W = 0`` this is the plain ``cos(pi * e / epochs)``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ def lr_factor(epoch: int, cfg: OptimConfig) -> float:
         return cfg.warmup_lr / cfg.lr
     if cfg.scheduler == "constant":
         return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / cfg.epochs))
 
 
 def build_optimizer(

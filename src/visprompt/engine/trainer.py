@@ -120,6 +120,7 @@ class Trainer:
             true_labels=self.data.true_labels,
             generator=generator,
             predict_train=self.predict_train,
+            drop_last=self.cfg.drop_last,
         )
         self.method.eval()
         plan = self.method.start_epoch(ctx)
@@ -170,6 +171,14 @@ class Trainer:
                 acc=f"{100 * totals['correct'] / totals['seen']:.1f}",
             )
         bar.close()
+        # A finite loss can still leave non-finite parameters (e.g. a huge step); the
+        # checkpoint written after this epoch must never hold them.
+        bad = [name for name, p in self.method.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteLoss(
+                f"parameters {', '.join(bad[:3])} became non-finite in epoch {epoch + 1}; "
+                "the last good checkpoint is kept - lower optim.lr or check the data"
+            )
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         seen = max(totals["seen"], 1)
@@ -178,6 +187,8 @@ class Trainer:
             "lr": lr,
             "train_loss": totals["loss"] / seen,
             "train_acc": 100.0 * totals["correct"] / seen,
+            # samples trained on this epoch (fewer than N when optim.drop_last drops some)
+            "train_samples": totals["seen"],
         }
         if self.data.true_labels is not None:
             metrics["train_acc_true"] = 100.0 * totals["correct_true"] / seen

@@ -89,6 +89,8 @@ class EpochContext:
     true_labels: torch.Tensor | None
     generator: torch.Generator
     predict_train: Callable[[], torch.Tensor]
+    #: drop each sample set's last partial batch (``optim.drop_last``; see shuffled_batches)
+    drop_last: bool = False
 
 
 @dataclass
@@ -107,13 +109,34 @@ class EpochPlan:
 
 
 def shuffled_batches(
-    indices: torch.Tensor, batch_size: int, generator: torch.Generator
+    indices: torch.Tensor, batch_size: int, generator: torch.Generator, drop_last: bool = False
 ) -> list[torch.Tensor]:
-    """``indices`` in a random order, cut into batches (the last one may be smaller)."""
+    """``indices`` in a random order, cut into batches of ``batch_size``.
+
+    The last batch may be smaller; ``drop_last`` leaves it out, as a torch
+    ``DataLoader(drop_last=True)`` does (so a set smaller than one batch gives
+    none). Whether a loader drops is decided where it is built: see
+    :func:`loader_drop_last`. The permutation is drawn either way, so the
+    generator's state does not depend on ``drop_last``.
+    """
     if indices.numel() == 0:
         return []
     order = indices[torch.randperm(indices.numel(), generator=generator)]
-    return list(order.split(batch_size))
+    batches = list(order.split(batch_size))
+    if drop_last and batches[-1].numel() < batch_size:
+        batches.pop()
+    return batches
+
+
+def loader_drop_last(enabled: bool, num_samples: int, batch_size: int) -> bool:
+    """Dassl's rule for a train loader built on ``num_samples`` samples.
+
+    ``drop_last=is_train and len(data_source) >= batch_size``
+    (KaiyangZhou/Dassl.pytorch 27eb2f4, ``dassl/data/data_manager.py``): the last
+    partial batch is dropped unless the set is smaller than one batch, which is
+    then trained on whole. ``enabled`` is ``optim.drop_last``.
+    """
+    return enabled and num_samples >= batch_size
 
 
 class PromptMethod(nn.Module):
@@ -173,7 +196,12 @@ class PromptMethod(nn.Module):
     def start_epoch(self, ctx: EpochContext) -> EpochPlan:
         n = ctx.labels.numel()
         return EpochPlan(
-            batches=shuffled_batches(torch.arange(n), ctx.batch_size, ctx.generator),
+            batches=shuffled_batches(
+                torch.arange(n),
+                ctx.batch_size,
+                ctx.generator,
+                loader_drop_last(ctx.drop_last, n, ctx.batch_size),
+            ),
             group=torch.zeros(n, dtype=torch.long),
         )
 

@@ -26,8 +26,8 @@ Every later epoch starts with a partition of the training set:
 Training step (a batch of up to B clean and B noisy samples):
 
 * targets - clean: ``sharpen(c_i onehot(y_i) + (1 - c_i) p_i, T)``;
-  noisy: ``sharpen(p_i, T)``, with ``sharpen(q, T) = q^(1/T) / sum q^(1/T)``,
-  T = 2, p_i the current prediction (no gradient) and
+  noisy: ``sharpen(p_i, T)``, with ``sharpen(q, T) = q^T / sum q^T``
+  (Dassl's ``sharpen_prob``, which the reference calls), T = 2, p_i the current prediction (no gradient) and
   ``c_i = w_i * p_i(y_i)`` - the clean posterior times the model's confidence
   in the given label from the partition pass (plain ``w_i`` in the first
   partition epoch, as the reference; ``weight_by_confidence=false`` uses
@@ -95,6 +95,7 @@ from visprompt.methods.base import (
     StepOutput,
     TrainBatch,
     cosine_logits,
+    loader_drop_last,
     shuffled_batches,
 )
 from visprompt.methods.coop import ContextConfig, ContextMethod
@@ -144,7 +145,9 @@ class JoAPRConfig(ContextConfig):
     alpha1: float = Field(0.5, ge=0.0, description="weight of the warm-up confidence penalty")
     alpha2: float = Field(1.0, ge=0.0, description="weight of KL(uniform || mean prediction)")
     beta: float = Field(0.001, gt=0.0, description="mixup Beta(beta, beta) concentration")
-    temperature: float = Field(2.0, gt=0.0, description="sharpening temperature T")
+    temperature: float = Field(
+        2.0, gt=0.0, description="sharpening exponent T (targets p^T / sum p^T)"
+    )
     loss_history: int = Field(5, ge=1, description="epochs of normalised losses averaged")
     initial_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="first posterior threshold")
     weight_by_confidence: bool = Field(
@@ -227,8 +230,13 @@ def partition(loss: torch.Tensor, mixture: TwoGaussians, previous_threshold: flo
 
 
 def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``q^(1/T) / sum_k q_k^(1/T)`` per row."""
-    powered = probs.clamp_min(0) ** (1.0 / temperature)
+    """``q^T / sum_k q_k^T`` per row: ``T > 1`` sharpens, ``T = 1`` is the identity.
+
+    As Dassl's ``sharpen_prob(p, temperature)`` (KaiyangZhou/Dassl.pytorch
+    27eb2f4, ``dassl/modeling/ops/utils.py``), which JoAPR's trainer calls with
+    its ``T``; the "temperature" is an exponent, not a divisor.
+    """
+    powered = probs.clamp_min(0) ** temperature
     return powered / powered.sum(dim=1, keepdim=True)
 
 
@@ -271,22 +279,31 @@ def mixup_lambda(beta: float) -> float:
 
 
 def paired_batches(
-    clean: torch.Tensor, noisy: torch.Tensor, batch_size: int, generator: torch.Generator
+    clean: torch.Tensor,
+    noisy: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    drop_last: bool = False,
 ) -> list[torch.Tensor]:
     """Steps of up to ``batch_size`` clean + ``batch_size`` noisy indices.
 
     As many steps as the larger set needs; the smaller set is cycled, each
     pass freshly shuffled. A set that is empty contributes nothing.
+    ``drop_last`` (``optim.drop_last``) applies to each set's loader by its own
+    size, as JoAPR builds one Dassl loader per set (yunncheng/JoAPR a1f0b1b,
+    ``datasets/data_manager.py``; rule in :func:`loader_drop_last`).
     """
-    xb = shuffled_batches(clean, batch_size, generator)
-    ub = shuffled_batches(noisy, batch_size, generator)
+    x_drop = loader_drop_last(drop_last, clean.numel(), batch_size)
+    u_drop = loader_drop_last(drop_last, noisy.numel(), batch_size)
+    xb = shuffled_batches(clean, batch_size, generator, x_drop)
+    ub = shuffled_batches(noisy, batch_size, generator, u_drop)
     if not xb or not ub:
         return xb or ub
     steps = max(len(xb), len(ub))
     while len(xb) < steps:
-        xb += shuffled_batches(clean, batch_size, generator)
+        xb += shuffled_batches(clean, batch_size, generator, x_drop)
     while len(ub) < steps:
-        ub += shuffled_batches(noisy, batch_size, generator)
+        ub += shuffled_batches(noisy, batch_size, generator, u_drop)
     return [torch.cat([xb[s], ub[s]]) for s in range(steps)]
 
 
@@ -345,7 +362,9 @@ class JoAPR(ContextMethod):
         self._partitions += 1
         clean = part.clean
         all_idx = torch.arange(labels.numel())
-        batches = paired_batches(all_idx[clean], all_idx[~clean], ctx.batch_size, ctx.generator)
+        batches = paired_batches(
+            all_idx[clean], all_idx[~clean], ctx.batch_size, ctx.generator, ctx.drop_last
+        )
         stats = {
             "joapr_threshold": part.threshold,
             "joapr_crossing": part.crossing,

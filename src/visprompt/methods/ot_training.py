@@ -21,7 +21,7 @@ import torch
 from pydantic import Field, field_validator
 
 from visprompt.config import MethodConfig
-from visprompt.methods.base import EpochContext, EpochPlan, shuffled_batches
+from visprompt.methods.base import EpochContext, EpochPlan, loader_drop_last, shuffled_batches
 from visprompt.robust.losses import cross_entropy, mae_loss
 from visprompt.robust.purify import PurifyResult, budget_at, purify, split_quality
 
@@ -115,9 +115,14 @@ def ot_epoch_plan(cfg: OTConfig, ctx: EpochContext) -> EpochPlan:
     """Purify (unless ``purify: none``) and lay out the epoch's batches."""
     n = ctx.labels.numel()
     everything = torch.arange(n)
+    # NLPrompt's clean and noisy loaders are copies of the train loader with samples
+    # removed (qunovo/NLPrompt 6266a82, trainers/nlprompt.py), so both keep the
+    # drop_last the full training set was given: a part smaller than one batch is
+    # not trained on that epoch, as there.
+    drop = loader_drop_last(ctx.drop_last, n, ctx.batch_size)
     if cfg.purify == "none":
         return EpochPlan(
-            batches=shuffled_batches(everything, ctx.batch_size, ctx.generator),
+            batches=shuffled_batches(everything, ctx.batch_size, ctx.generator, drop),
             group=torch.full((n,), CLEAN, dtype=torch.long),
         )
     result = run_purification(
@@ -126,10 +131,10 @@ def ot_epoch_plan(cfg: OTConfig, ctx: EpochContext) -> EpochPlan:
     clean = result.clean_mask.cpu()
     group = torch.where(clean, CLEAN, NOISY).long()
     if cfg.schedule == "sequential":
-        batches = shuffled_batches(everything[clean], ctx.batch_size, ctx.generator)
-        batches += shuffled_batches(everything[~clean], ctx.batch_size, ctx.generator)
+        batches = shuffled_batches(everything[clean], ctx.batch_size, ctx.generator, drop)
+        batches += shuffled_batches(everything[~clean], ctx.batch_size, ctx.generator, drop)
     else:
-        batches = shuffled_batches(everything, ctx.batch_size, ctx.generator)
+        batches = shuffled_batches(everything, ctx.batch_size, ctx.generator, drop)
     return EpochPlan(
         batches=batches, group=group, stats=purification_stats(result, ctx.labels, ctx.true_labels)
     )
