@@ -8,6 +8,7 @@ import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
+from vp_testing import rel_err
 
 from visprompt.backbone import (
     build_class_prompts,
@@ -35,7 +36,7 @@ def test_truncated_prompt_encoding_equals_open_clip_encode_text(backbone):
     reference = backbone.model.encode_text(ids)
     ours = backbone.encode_prompts(backbone.embed_tokens(ids), ids.argmax(dim=-1))
     assert ours.shape == (len(PROMPTS), backbone.embed_dim)
-    assert torch.allclose(ours, reference, atol=1e-5)
+    assert rel_err(ours, reference) <= 1e-5
     # the truncation really happens: the longest prompt is far shorter than 77 tokens
     assert int(ids.argmax(dim=-1).max()) + 1 < backbone.context_length // 2
 
@@ -53,8 +54,9 @@ def test_chunked_encoding_matches_unchunked_values_and_gradients(backbone):
         outs.append(out.detach())
         grads.append(emb.grad)
     for out, grad in zip(outs[1:], grads[1:], strict=True):
-        assert torch.allclose(out, outs[0], atol=1e-5)
-        assert torch.allclose(grad, grads[0], rtol=1e-5, atol=1e-4)
+        assert rel_err(out, outs[0]) <= 1e-5
+        # float32 summation order differs per chunk and CPU (3.7e-4 absolute on AMD EPYC)
+        assert rel_err(grad, grads[0]) <= 1e-4
 
 
 def test_backbone_is_frozen_and_stays_in_eval_mode(backbone):
@@ -68,10 +70,10 @@ def test_image_encoding_and_patch_tokens(backbone):
     images = torch.randn(3, 3, backbone.image_size, backbone.image_size)
     feats = backbone.encode_image(images)
     assert feats.shape == (3, backbone.embed_dim)
-    assert torch.allclose(feats.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert rel_err(feats.norm(dim=-1), torch.ones(3)) <= 1e-5
     if backbone.is_vit:
         glob, patches = backbone.encode_image(images, return_patches=True)
-        assert torch.allclose(glob, feats, atol=1e-6)
+        assert rel_err(glob, feats) <= 1e-6
         grid = backbone.image_size // 8
         assert patches.shape == (3, grid, grid, backbone.embed_dim)
     else:
@@ -124,9 +126,9 @@ def test_openai_state_dict_architecture_is_inferred_exactly(tmp_path, vision):
     torch.save(model.state_dict(), path)
     loaded = load_backbone(checkpoint=path, device="cpu")
     ids = loaded.tokenize(PROMPTS)
-    assert torch.allclose(loaded.model.encode_text(ids), model.encode_text(ids), atol=1e-6)
+    assert rel_err(loaded.model.encode_text(ids), model.encode_text(ids)) <= 1e-6
     images = torch.randn(2, 3, loaded.image_size, loaded.image_size)
-    assert torch.allclose(loaded.model.encode_image(images), model.encode_image(images), atol=1e-6)
+    assert rel_err(loaded.model.encode_image(images), model.encode_image(images)) <= 1e-6
     assert loaded.identity.fingerprint != load_backbone(name=f"tiny-{vision}").identity.fingerprint
 
 
@@ -140,9 +142,7 @@ def test_wrapped_state_dict_safetensors_and_named_arch(tmp_path):
     with torch.no_grad():
         expected = model.encode_text(ids)
     for path in (wrapped, st):
-        assert torch.allclose(
-            load_backbone(checkpoint=path).model.encode_text(ids), expected, atol=1e-6
-        )
+        assert rel_err(load_backbone(checkpoint=path).model.encode_text(ids), expected) <= 1e-6
     # an open_clip architecture name: register the tiny layout as a model config
     cfg = {
         "embed_dim": 32,
@@ -166,7 +166,7 @@ def test_wrapped_state_dict_safetensors_and_named_arch(tmp_path):
     (tmp_path / "cfgs" / "tiny-test-arch.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / "cfgs")
     named = load_backbone(arch="tiny-test-arch", checkpoint=st)
-    assert torch.allclose(named.model.encode_text(ids), expected, atol=1e-6)
+    assert rel_err(named.model.encode_text(ids), expected) <= 1e-6
     with pytest.raises(VispromptError, match="does not match architecture 'RN50'"):
         load_backbone(arch="RN50", checkpoint=st)
 
@@ -193,7 +193,7 @@ def test_torchscript_needs_explicit_permission(tmp_path):
         load_backbone(checkpoint=path)
     loaded = load_backbone(checkpoint=path, allow_torchscript=True)
     ids = loaded.tokenize(PROMPTS)
-    assert torch.allclose(loaded.model.encode_text(ids), model.encode_text(ids), atol=1e-6)
+    assert rel_err(loaded.model.encode_text(ids), model.encode_text(ids)) <= 1e-6
 
 
 def test_loader_errors_name_the_problem(tmp_path):

@@ -4,13 +4,35 @@ Three ways in:
 
 * ``name``: a named backbone from the ``BACKBONES`` registry (the shipped demo
   model, or small generated architectures for tests);
-* ``checkpoint`` (+ optional ``arch``): a local file or folder. OpenAI ``.pt``
-  files (state dict; TorchScript archives only with ``allow_torchscript=True``,
-  because loading one runs code stored in the file), open_clip checkpoints
-  (``.pt``/``.bin``/``.safetensors``, with ``state_dict`` wrappers and
-  ``module.`` prefixes handled) and Hugging Face folders that open_clip reads.
-  Without ``arch`` the architecture of an OpenAI-format state dict is inferred
-  from its shapes, as open_clip does.
+* ``checkpoint`` (+ optional ``arch``): a local file or folder.
+
+  - Files: OpenAI ``.pt`` files (state dict; TorchScript archives only with
+    ``allow_torchscript=True``, because loading one runs code stored in the
+    file) and open_clip checkpoints (``.pt``/``.pth``/``.bin``/``.safetensors``,
+    with ``state_dict`` wrappers and ``module.`` prefixes handled). Without
+    ``arch`` the architecture of an OpenAI-layout state dict is inferred from
+    its shapes, as open_clip does, and built with QuickGELU.
+  - OpenAI weights always get QuickGELU. A state dict in the OpenAI layout
+    (``token_embedding.weight``, ``text_projection``, ``visual.proj`` or
+    ``visual.attnpool.*``, no ``text.`` tower prefix) stored in fp16, as OpenAI
+    ships its weights, is built with QuickGELU whatever ``arch`` says: ``RN50``
+    becomes ``RN50-quickgelu`` (or, where open_clip has no such config, the
+    architecture is built with ``force_quick_gelu``). An ``arch`` whose sizes
+    contradict the file is a one-line error naming both. An fp32 state dict of
+    the same layout with an explicit ``arch`` keeps that architecture's
+    activation: open_clip's own checkpoints (e.g. LAION's, trained with GELU)
+    share the layout, and only ``arch`` tells them apart.
+  - Folders: open_clip hub folders (``open_clip_config.json`` +
+    ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``, as
+    ``timm/*_clip.openai`` and LAION ship them), built from the folder's config
+    and preprocessing; and Hugging Face ``transformers`` CLIP folders
+    (``config.json`` with ``model_type: clip`` + ``model.safetensors`` or
+    ``pytorch_model.bin``, optional ``preprocessor_config.json``), read and
+    mapped onto open_clip's CLIP by :mod:`visprompt.backbone.hf_clip` without
+    importing ``transformers``. A folder with both is read as an open_clip
+    folder (its ``transformers`` files serve only when the open_clip weights
+    are missing). A folder whose weights are missing (an interrupted download)
+    is refused, never initialised at random.
 * ``arch`` + ``download=True``: open_clip's pretrained weights, downloaded on
   explicit request only.
 """
@@ -18,14 +40,18 @@ Three ways in:
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import open_clip
 import torch
-from open_clip.model import build_model_from_openai_state_dict
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg, build_model_from_openai_state_dict
 
+from visprompt.backbone import hf_clip
 from visprompt.backbone.frozen_clip import BackboneIdentity, FrozenCLIP
 from visprompt.errors import VispromptError
 from visprompt.registry import Registry
@@ -34,6 +60,15 @@ from visprompt.registry import Registry
 BACKBONES: Registry[Callable[..., FrozenCLIP]] = Registry("backbone")
 
 REQUIRED_CLIP_KEYS = ("token_embedding.weight", "positional_embedding", "text_projection")
+
+#: the config of an open_clip hub folder, and its weight files in open_clip's order of preference
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+)
 
 _HASHES: dict[tuple[str, int, float], str] = {}
 
@@ -52,9 +87,12 @@ def file_sha256(path: Path) -> str:
     return _HASHES[key]
 
 
-def folder_sha256(path: Path) -> str:
+def folder_sha256(path: Path, files: list[Path] | None = None) -> str:
+    """SHA-256 over ``files`` of the folder (default: every file in it), names included."""
+    path = Path(path)
+    chosen = files if files is not None else [p for p in path.rglob("*") if p.is_file()]
     digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+    for file in sorted(Path(f) for f in chosen):
         digest.update(file.relative_to(path).as_posix().encode())
         digest.update(file_sha256(file).encode())
     return digest.hexdigest()
@@ -134,8 +172,33 @@ def _check_clip_keys(state: dict, path: Path) -> None:
         )
 
 
+def is_openai_layout(state: dict) -> bool:
+    """Whether ``state`` is laid out as OpenAI's CLIP (open_clip's ``CLIP`` class shares it)."""
+    vision = "visual.proj" in state or any(k.startswith("visual.attnpool.") for k in state)
+    return (
+        vision
+        and all(k in state for k in REQUIRED_CLIP_KEYS)
+        and not any(k.startswith("text.") for k in state)
+    )
+
+
+def holds_openai_weights(state: dict) -> bool:
+    """OpenAI-layout weights stored in fp16, as OpenAI distributes them (trained with QuickGELU).
+
+    open_clip's own checkpoints share the layout but are saved in fp32.
+    """
+    return is_openai_layout(state) and any(
+        k in state and state[k].dtype == torch.float16
+        for k in ("text_projection", "visual.conv1.weight", "visual.proj")
+    )
+
+
 def build_from_state_dict(state: dict, arch: str | None, path: Path):
     """An fp32 open_clip model holding ``state``; ``arch=None`` infers an OpenAI layout.
+
+    OpenAI weights (:func:`holds_openai_weights`) always get QuickGELU: a given
+    ``arch`` is replaced by its ``-quickgelu`` config (or built with
+    ``force_quick_gelu``), after checking that its sizes fit the file.
 
     Returns ``(model, arch_name)``. ``path`` only names the source in errors.
     """
@@ -152,17 +215,162 @@ def build_from_state_dict(state: dict, arch: str | None, path: Path):
             ) from None
         return model.float(), _inferred_arch_name(state)
     _check_arch_known(arch)
-    model = open_clip.create_model(arch, pretrained=None, load_weights=False)
-    state = open_clip.factory.convert_state_dict(model, dict(state))
-    if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
-        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
-    load_strict(
+    name, force_quick_gelu = arch, False
+    if holds_openai_weights(state):
+        _check_openai_fits(state, arch, path)
+        name, force_quick_gelu = _quickgelu_variant(arch)
+    model = _create_without_weights(name, force_quick_gelu=force_quick_gelu)
+    load_weights(
         model,
         state,
         f"checkpoint {path} does not match architecture {arch!r}",
         "set backbone.arch to the checkpoint's architecture, or leave it out for OpenAI files",
     )
-    return model.float(), arch
+    return model.float(), (f"{arch}-quickgelu" if force_quick_gelu else name)
+
+
+def load_weights(model: torch.nn.Module, state: dict, problem: str, fix: str) -> None:
+    """Strictly load an open_clip checkpoint's ``state`` into ``model`` (as open_clip does)."""
+    state = open_clip.factory.convert_state_dict(model, dict(state))
+    if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    load_strict(model, state, problem, fix)
+
+
+class _NoRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """Hide open_clip's "Model initialized randomly" warning: the weights load right after."""
+    root, quiet = logging.getLogger(), _NoRandomInitWarning()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
+def _create_without_weights(name: str, **kwargs) -> torch.nn.Module:
+    """``open_clip.create_model`` with no weights loaded and nothing downloaded."""
+    with _quiet_random_init():
+        return open_clip.create_model(
+            name, pretrained=None, load_weights=False, pretrained_text=False, **kwargs
+        )
+
+
+def _quickgelu_variant(arch: str) -> tuple[str, bool]:
+    """``(config name, force_quick_gelu)`` that builds ``arch`` with QuickGELU."""
+    if (open_clip.get_model_config(arch) or {}).get("quick_gelu", False):
+        return arch, False
+    variant = f"{arch}-quickgelu"
+    if variant in open_clip.list_models():
+        return variant, False
+    return arch, True
+
+
+def _openai_sizes(state: dict) -> dict | None:
+    """The sizes an OpenAI-layout state dict implies (read as open_clip infers them)."""
+    try:
+        text = {
+            "context_length": int(state["positional_embedding"].shape[0]),
+            "vocab_size": int(state["token_embedding.weight"].shape[0]),
+            "width": int(state["ln_final.weight"].shape[0]),
+            "layers": len(
+                {k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")}
+            ),
+        }
+        if "visual.proj" in state:
+            conv = state["visual.conv1.weight"]
+            grid = math.isqrt(state["visual.positional_embedding"].shape[0] - 1)
+            vision = {
+                "kind": "ViT",
+                "width": int(conv.shape[0]),
+                "layers": sum(
+                    1
+                    for k in state
+                    if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")
+                ),
+                "patch_size": int(conv.shape[-1]),
+                "image_size": int(conv.shape[-1]) * grid,
+            }
+        else:
+            blocks = tuple(
+                len({k.split(".")[2] for k in state if k.startswith(f"visual.layer{b}.")})
+                for b in (1, 2, 3, 4)
+            )
+            grid = math.isqrt(state["visual.attnpool.positional_embedding"].shape[0] - 1)
+            vision = {
+                "kind": "ResNet",
+                "width": int(state["visual.layer1.0.conv1.weight"].shape[0]),
+                "layers": blocks,
+                "image_size": grid * 32,
+            }
+        return {"embed_dim": int(state["text_projection"].shape[1]), "vision": vision, "text": text}
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
+def _arch_sizes(arch: str) -> dict | None:
+    """The sizes of an open_clip architecture, comparable with :func:`_openai_sizes`."""
+    cfg = open_clip.get_model_config(arch)
+    if not cfg:
+        return None
+    v, t = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    if "timm_model_name" in v or "hf_model_name" in t or cfg.get("custom_text"):
+        return {"other": arch}
+    vd, td = CLIPVisionCfg(), CLIPTextCfg()
+    layers = v.get("layers", vd.layers)
+    image_size = v.get("image_size", vd.image_size)
+    if isinstance(image_size, (list, tuple)) and len(set(image_size)) == 1:
+        image_size = image_size[0]
+    vision = {"width": v.get("width", vd.width), "image_size": image_size}
+    if isinstance(layers, (list, tuple)):
+        vision.update(kind="ResNet", layers=tuple(layers))
+    else:
+        vision.update(kind="ViT", layers=layers, patch_size=v.get("patch_size", vd.patch_size))
+    text = {
+        "context_length": t.get("context_length", td.context_length),
+        "vocab_size": t.get("vocab_size", td.vocab_size),
+        "width": t.get("width", td.width),
+        "layers": t.get("layers", td.layers),
+    }
+    return {"embed_dim": cfg.get("embed_dim"), "vision": vision, "text": text}
+
+
+def _describe(sizes: dict) -> str:
+    if "other" in sizes:
+        return "a timm or Hugging Face tower"
+    v = sizes["vision"]
+    layers = v["layers"] if v["kind"] == "ViT" else tuple(v["layers"])
+    patch = f"/{v['patch_size']}" if v["kind"] == "ViT" else ""
+    return (
+        f"{v['kind']}{patch} {layers} layers x {v['width']} wide at {v['image_size']} px, "
+        f"text {sizes['text']['layers']} x {sizes['text']['width']}, embed {sizes['embed_dim']}"
+    )
+
+
+def _openai_arch_name(sizes: dict) -> str | None:
+    """The open_clip architecture name with exactly these sizes (``RN50`` over ``RN50-quickgelu``)."""
+    names = [m for m in open_clip.list_models() if _arch_sizes(m) == sizes]
+    names.sort(key=lambda m: (m.endswith("-quickgelu"), len(m), m))
+    return names[0] if names else None
+
+
+def _check_openai_fits(state: dict, arch: str, path: Path) -> None:
+    """One-line error when ``arch``'s sizes contradict the OpenAI weights in ``state``."""
+    file_sizes, arch_sizes = _openai_sizes(state), _arch_sizes(arch)
+    if file_sizes is None or arch_sizes is None or file_sizes == arch_sizes:
+        return  # the strict load reports anything left
+    known = _openai_arch_name(file_sizes)
+    what = f"{known} ({_describe(file_sizes)})" if known else _describe(file_sizes)
+    fix = f"set backbone.arch={known}" if known else "set backbone.arch to the file's architecture"
+    raise VispromptError(
+        f"checkpoint {path} holds OpenAI {what} weights, but backbone.arch is {arch!r} "
+        f"({_describe(arch_sizes)}); {fix}, or leave backbone.arch out to infer it from the file"
+    )
 
 
 def load_strict(model: torch.nn.Module, state: dict, problem: str, fix: str) -> None:
@@ -193,6 +401,94 @@ def _check_arch_known(arch: str) -> None:
         raise VispromptError(
             f"unknown open_clip architecture {arch!r}{hint}; see open_clip.list_models()"
         )
+    _check_drivable(open_clip.get_model_config(arch) or {}, f"open_clip architecture {arch!r}")
+
+
+def _check_drivable(model_cfg: dict, what: str) -> None:
+    """One-line error for an open_clip config whose text tower FrozenCLIP cannot drive.
+
+    FrozenCLIP feeds the CLIP BPE tokenizer's ids to a causal text transformer
+    pooled at the end-of-text token; Hugging Face text towers (which would also
+    be fetched from the network), other tokenizers and other poolings do not fit.
+    """
+    text = model_cfg.get("text_cfg") or {}
+    reasons = [
+        f"{key} {text[key]!r}" for key in ("hf_model_name", "hf_tokenizer_name") if text.get(key)
+    ]
+    if text.get("pool_type", "argmax") != "argmax":
+        reasons.append(f"text pool_type {text['pool_type']!r}")
+    if model_cfg.get("custom_text") or model_cfg.get("multimodal_cfg"):
+        reasons.append("a custom text tower")
+    if reasons:
+        raise VispromptError(
+            f"{what} has {', '.join(reasons)}, which visprompt cannot drive (it needs CLIP's "
+            "causal text transformer with the CLIP tokenizer and end-of-text pooling); use a "
+            "CLIP architecture such as RN50 or ViT-B-16"
+        )
+
+
+def _load_open_clip_folder(path: Path, weights: Path) -> torch.nn.Module:
+    """An open_clip hub folder: the model its config describes, holding its weights."""
+    config = hf_clip.read_json(path / OPEN_CLIP_CONFIG, "open_clip config")
+    model_cfg = config.get("model_cfg")
+    if not isinstance(model_cfg, dict):
+        raise VispromptError(
+            f"open_clip config {path / OPEN_CLIP_CONFIG} has no model_cfg object; restore the "
+            "file (e.g. download the folder again)"
+        )
+    _check_drivable(model_cfg, f"open_clip folder {path}")
+    state = read_state_dict(weights)
+    try:
+        model = _create_without_weights(f"local-dir:{path.resolve()}")
+    except Exception as exc:  # the config is user data: any failure is a broken config
+        raise VispromptError(
+            f"open_clip cannot build the model {path / OPEN_CLIP_CONFIG} describes "
+            f"({type(exc).__name__}: {str(exc)[:200]}); restore the file"
+        ) from None
+    load_weights(
+        model,
+        state,
+        f"weights {weights} do not match the architecture in {OPEN_CLIP_CONFIG}",
+        "restore the folder (config and weights from the same model)",
+    )
+    return model.float()
+
+
+def _complete_hf_clip(path: Path) -> bool:
+    try:
+        hf_clip.read_config(path)
+        return hf_clip.weight_files(path) is not None
+    except VispromptError:
+        return False
+
+
+def load_folder(path: Path) -> tuple[torch.nn.Module, list[Path]]:
+    """The fp32 open_clip model in a checkpoint folder, and the files it was read from.
+
+    open_clip hub folders are preferred; a ``transformers`` CLIP folder is read
+    otherwise (or when the open_clip weights are missing but complete
+    ``transformers`` ones are there, as in repositories that ship both).
+    """
+    path = Path(path)
+    oc_config = path / OPEN_CLIP_CONFIG
+    oc_weights = next((path / n for n in OPEN_CLIP_WEIGHTS if (path / n).is_file()), None)
+    has_oc, has_hf = oc_config.is_file(), (path / hf_clip.CONFIG_NAME).is_file()
+    if has_oc and oc_weights is not None:
+        return _load_open_clip_folder(path, oc_weights), [oc_config, oc_weights]
+    if has_hf and (not has_oc or _complete_hf_clip(path)):
+        return hf_clip.load_folder(path, read_state_dict)
+    if has_oc:
+        hf_clip.read_json(oc_config, "open_clip config")  # a damaged config is said first
+        raise VispromptError(
+            f"checkpoint folder {path} has {OPEN_CLIP_CONFIG} but no weights file "
+            f"({OPEN_CLIP_WEIGHTS[0]} or {OPEN_CLIP_WEIGHTS[2]}); the download may be "
+            "incomplete: fetch the weights into the folder"
+        )
+    raise VispromptError(
+        f"checkpoint folder {path} has neither {OPEN_CLIP_CONFIG} (open_clip) nor "
+        f"{hf_clip.CONFIG_NAME} (Hugging Face transformers CLIP); give a checkpoint file or "
+        "one of those folders"
+    )
 
 
 def wrap_frozen(
@@ -223,9 +519,16 @@ def load_backbone(
     Args:
         name: a registered backbone name (``visprompt backbones`` lists them).
         arch: open_clip architecture name (``RN50``, ``ViT-B-16``, ...). Optional
-            for OpenAI-format state dicts, whose architecture is inferred.
-        checkpoint: local file (``.pt``, ``.pth``, ``.bin``, ``.safetensors``) or
-            a Hugging Face folder with ``open_clip_config.json``.
+            for OpenAI-format state dicts, whose architecture is inferred; OpenAI
+            (fp16) weights get the name's QuickGELU variant (``RN50`` ->
+            ``RN50-quickgelu``). For folders it only names the backbone.
+        checkpoint: a local file (``.pt``, ``.pth``, ``.bin``, ``.safetensors``:
+            OpenAI state dicts or TorchScript archives, open_clip checkpoints), an
+            open_clip hub folder (``open_clip_config.json`` +
+            ``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin``) or a
+            Hugging Face ``transformers`` CLIP folder (``config.json`` +
+            ``model.safetensors`` / ``pytorch_model.bin``, optional
+            ``preprocessor_config.json`` for the image mean and std).
         allow_torchscript: permit TorchScript archives (they run code when loaded).
         download: permit open_clip to download ``arch``/``pretrained`` weights.
         pretrained: the open_clip pretrained tag used with ``download``.
@@ -233,8 +536,10 @@ def load_backbone(
         precision: ``fp32``, ``amp`` (bf16 autocast on GPU) or ``fp16`` (GPU).
 
     Raises:
-        VispromptError: missing files, unknown names, non-CLIP checkpoints,
-            shape mismatches, TorchScript without permission.
+        VispromptError: missing files (a folder without its weights included),
+            unreadable or invalid configs, unknown names, non-CLIP checkpoints,
+            activations open_clip's CLIP lacks, an ``arch`` that contradicts the
+            file, shape mismatches, TorchScript without permission.
     """
     dev = resolve_device(device)
     if name is not None:
@@ -267,13 +572,8 @@ def load_backbone(
             "local file (nothing is downloaded unless backbone.download=true)"
         )
     if path.is_dir():
-        if not (path / "open_clip_config.json").is_file():
-            raise VispromptError(
-                f"checkpoint folder {path} has no open_clip_config.json; give a checkpoint file "
-                "or a Hugging Face folder that open_clip reads"
-            )
-        model = open_clip.create_model(f"local-dir:{path.resolve()}")
-        fingerprint = folder_sha256(path)
+        model, files = load_folder(path)
+        fingerprint = folder_sha256(path, files)
         arch_name = arch or path.name
     else:
         state = read_state_dict(path, allow_torchscript=allow_torchscript)
