@@ -11,6 +11,14 @@ given label, which is robust to the wrong ones.
 batches, each batch one step, as NLPrompt's released trainer does - it is the
 default because it reproduces the reference. ``schedule: mixed`` shuffles both
 groups together and averages per-sample losses in each batch.
+
+Departure on purpose: NLPrompt's released trainer classifies the training set
+through its *train* loader (qunovo/NLPrompt 6266a82, ``trainers/nlprompt.py``):
+augmented views, shuffled, with ``drop_last``, so the samples of the dropped
+last batch are never scored and fall to the noisy part. We score every sample
+on its clean view, so that the split does not depend on the batch order and
+every label gets a verdict (``label-issues`` reports all of them). The batches
+themselves drop as the reference's do (``optim.drop_last``).
 """
 
 from __future__ import annotations
