@@ -97,6 +97,9 @@ class DataConfig(Section):
     val_shots: int | None = None
     seed: int = 1
     allow_fewer: bool = False
+    #: CSV datasets: keep images listed more than once (exact repeats dropped) instead
+    #: of refusing them; see visprompt.data.datasets.csv_dataset
+    allow_duplicates: bool = False
     #: augmented views per training image in the frozen-feature cache
     num_views: int = Field(10, ge=1)
     #: (min, max) image-area fraction of the training random resized crop

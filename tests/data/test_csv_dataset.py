@@ -113,3 +113,52 @@ def test_root_folder_with_no_or_two_csvs(make_csv, csv_rows_fn, tmp_path):
     path = make_csv(csv_rows_fn({"cat": 3}), header=("path", "label"), name="other.csv")
     with pytest.raises(VispromptError, match="holds 2 .csv files"):
         read(path.parent)
+
+
+def _write(path, text: str):
+    path.write_text(text)
+    return path
+
+
+def test_a_quoted_note_over_two_lines_is_fine_and_later_lines_keep_their_numbers(
+    make_csv, csv_rows_fn
+):
+    path = make_csv(csv_rows_fn({"cat": 3}, "train") + csv_rows_fn({"cat": 1}, "test"))
+    rows = path.read_text().splitlines()
+    text = "path,label,split,note\n"
+    text += f'{rows[1]},"seen twice,\nonce blurred"\n'
+    text += "\n".join(rows[2:]) + "\nimages/cat_x_9.png,,train\n"
+    with pytest.raises(VispromptError, match=r"^line 7 of CSV file .* has an empty label"):
+        read(_write(path, text))
+    _write(path, text.replace("images/cat_x_9.png,,train\n", ""))
+    assert read(path).sizes() == {"train": 2, "val": 1, "test": 1}
+
+
+def test_allow_duplicates_drops_exact_repeats_and_keeps_the_rest_with_a_warning(
+    make_csv, csv_rows_fn
+):
+    from visprompt.data.datasets.csv_dataset import DuplicateImagesWarning
+
+    base = csv_rows_fn({"cat": 3, "dog": 3}, "train") + csv_rows_fn({"cat": 1}, "test")
+    rows = base + [base[0], base[1], [base[2][0], "dog", "train"], [base[3][0], "dog", "test"]]
+    path = make_csv(rows)
+    with pytest.raises(VispromptError) as exc:
+        read(path)
+    message = str(exc.value)
+    assert (
+        "2 repeated rows (line 9 repeats line 2: images/cat_train_0.png, line 10 repeats" in message
+    )
+    assert (
+        "1 image under two or more labels (images/cat_train_2.png: 'cat' on line 4, 'dog'"
+        in message
+    )
+    assert (
+        "1 image in two splits (images/dog_train_0.png: train on line 5, test on line 12)"
+        in message
+    )
+    assert message.count(";") == 1 and "set data.allow_duplicates=true" in message
+    with pytest.warns(DuplicateImagesWarning, match="2 exact repeats dropped"):
+        splits = DATASETS.get("csv").read(path, allow_duplicates=True)
+    every = splits.train + splits.val + splits.test
+    assert len(every) == len(rows) - 2  # the repeats dropped, the rest as listed
+    assert sum(s.path.endswith("cat_train_2.png") for s in every) == 2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from visprompt.data.check import check_dataset, format_check, list_datasets
 from visprompt.errors import VispromptError
@@ -78,3 +80,25 @@ def test_unknown_name_and_missing_root(tmp_path):
         check_dataset("caltech101", tmp_path / "nope")
     with pytest.raises(VispromptError, match="dataset folder .*caltech-101 not found"):
         check_dataset("caltech101", tmp_path)
+
+
+def test_check_counts_high_bit_depth_and_too_large_images(make_folder, monkeypatch):
+    root = make_folder(train=3, test=1)  # 8 x 8 images
+    deep = np.full((8, 8), 40000, np.uint16)
+    Image.fromarray(deep).save(root / "train" / "ant" / "img0.png")  # 16-bit grey
+    Image.fromarray(deep.astype(np.float32) / 65535).save(root / "test" / "bee" / "f.tif")
+    big = root / "train" / "cat" / "img1.JPG"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(big, format="JPEG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 16 x 16 = 256: over 2x the limit
+    monkeypatch.delenv("VISPROMPT_MAX_IMAGE_PIXELS", raising=False)
+    check = check_dataset("folder", root, seed=1)
+    assert check.num_high_bit_depth == 2 and check.num_unreadable == 1
+    assert sum(check.high_bit_depth.values()) == 2 and check.num_too_large == 1
+    assert check.reasons[str(big)].startswith("image is 16x16 = 256 pixels, over the limit of 100")
+    text = format_check(check)
+    assert "high-bit-depth images: 2 (" in text and "scaled to 8 bits" in text
+    assert f"  {big}: image is 16x16 = 256 pixels" in text
+    assert "1 of them over the pixel limit: set VISPROMPT_MAX_IMAGE_PIXELS" in text
+    monkeypatch.setenv("VISPROMPT_MAX_IMAGE_PIXELS", "256")
+    allowed = check_dataset("folder", root, seed=1)
+    assert allowed.ok and allowed.num_high_bit_depth == 2

@@ -73,6 +73,8 @@ class DatasetSpec:
         templates: CoOp's hand-written zero-shot templates (``{}`` = class name).
         real_noise: the training labels carry real (unknown) noise.
         needs_root: False for generated datasets that live in a cache folder.
+        options: ``data.*`` options the reader takes as keyword arguments
+            (e.g. ``allow_duplicates`` for CSV files); others are not passed.
     """
 
     name: str
@@ -82,6 +84,7 @@ class DatasetSpec:
     templates: tuple[str, ...] = ("a photo of a {}.",)
     real_noise: bool = False
     needs_root: bool = True
+    options: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
 

@@ -10,10 +10,23 @@ computed once and stored on disk:
   dataset lies on disk (a different root or cache folder gives the same numbers).
 
 Entries are keyed by a hash of: the backbone's fingerprint (checkpoint hash),
-the ordered list of image paths, the transform, V, and whether multi-scale patch
-tokens are stored. A different checkpoint, few-shot draw or transform therefore
-never reuses stale features. Files are written atomically (temporary file, then
-rename), so an interrupted extraction never leaves a half-written entry.
+the ordered list of the images' *contents* (SHA-256 of each file's bytes, or
+"missing"), the transform, V, whether multi-scale patch tokens are stored and
+the pixel limit of :func:`visprompt.data.images.max_image_pixels`. A different
+checkpoint, few-shot draw or transform therefore never reuses stale features,
+an image edited or replaced in place is encoded afresh, an unreadable image
+fixed in place is read again, and a removed one is never served; the same
+images under another root share the entry.
+
+Hashing every file on every run would read the whole dataset, so a small index
+maps the files' identities (path, device, inode, size, modification and change
+times in ns) to the content key; any write to a file changes its change time,
+which no tool can set back, so an edited file always misses the index and is
+hashed again. Index records are only written for files last changed more than
+:data:`SETTLE_SECONDS` before hashing began, so a coarse file-system clock
+cannot hide an edit made in the same tick. Files are written atomically
+(temporary file, then rename, with the umask's permissions), so an interrupted
+extraction never leaves a half-written entry.
 
 Training samples one cached view per image per epoch and never runs the image
 encoder again; ``LiveFeatures`` instead encodes freshly augmented images every
@@ -22,28 +35,35 @@ step (the reference implementations' behaviour, kept for comparison).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
-import tempfile
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from visprompt.backbone import FrozenCLIP
-from visprompt.data.images import load_rgb
+from visprompt.data.images import load_rgb, max_image_pixels, read_image
 from visprompt.data.transforms import CROP_SCALE, build_transforms, transform_spec
 from visprompt.data.types import Sample
+from visprompt.engine.checkpoint import atomic_write_bytes, atomic_write_text
 from visprompt.methods.base import FeatureBatch
 
-CACHE_VERSION = 2
+#: 3: keyed by image content; 16-bit images scaled, transparency on white.
+CACHE_VERSION = 3
+#: A file changed less than this long before it was hashed is hashed again next time.
+SETTLE_SECONDS = 2.0
 #: Grid sizes of the adaptive pooling of ViT patch tokens (1 + 4 + 16 = 21 tokens).
 PATCH_SCALES = (1, 2, 4)
 
@@ -76,6 +96,8 @@ class SplitFeatures:
         views: (V, N, D) normalised embeddings of V augmented views, or None.
         view_patches: (V, N, T, D) pooled patch tokens of the views, or None.
         ok: (N,) False for images that could not be read (their features are zeros).
+        errors: why each image could not be read ('' where it could; no paths in
+            it), or None when unknown.
     """
 
     image: torch.Tensor
@@ -83,6 +105,7 @@ class SplitFeatures:
     patches: torch.Tensor | None = None
     views: torch.Tensor | None = None
     view_patches: torch.Tensor | None = None
+    errors: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -110,6 +133,9 @@ class SplitFeatures:
             patches=None if self.patches is None else self.patches[keep],
             views=None if self.views is None else self.views[:, keep],
             view_patches=None if self.view_patches is None else self.view_patches[:, keep],
+            errors=None
+            if self.errors is None
+            else tuple(e for e, k in zip(self.errors, keep.tolist(), strict=True) if k),
         )
 
 
@@ -128,10 +154,13 @@ class _ViewsDataset(Dataset):
             data = Path(self.samples[index].path).read_bytes()
         except OSError:
             data = None
-        image = None if data is None else load_rgb(io.BytesIO(data))
+        read = (
+            read_image(self.samples[index].path) if data is None else read_image(io.BytesIO(data))
+        )
+        image = read.image
         if image is None:
             blank = torch.zeros(self.num_views, 3, self.image_size, self.image_size)
-            return blank, index, False
+            return blank, index, False, read.error
         # Seed by content, not path: the same dataset under another root (or a
         # generated one under another cache folder) must get the same views.
         key = hashlib.sha256(data).hexdigest()
@@ -139,7 +168,7 @@ class _ViewsDataset(Dataset):
         for v in range(self.num_views):
             torch.manual_seed(view_seed(key, v))
             views.append(self.transform(image))
-        return torch.stack(views), index, True
+        return torch.stack(views), index, True, ""
 
 
 class _CleanDataset(Dataset):
@@ -150,10 +179,11 @@ class _CleanDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        image = load_rgb(self.samples[index].path)
-        if image is None:
-            return torch.zeros(1, 3, self.image_size, self.image_size), index, False
-        return self.transform(image).unsqueeze(0), index, True
+        read = read_image(self.samples[index].path)
+        if read.image is None:
+            blank = torch.zeros(1, 3, self.image_size, self.image_size)
+            return blank, index, False, read.error
+        return self.transform(read.image).unsqueeze(0), index, True, ""
 
 
 class FeatureExtractor:
@@ -215,9 +245,12 @@ class FeatureExtractor:
         feats = torch.zeros(per_item, n, dim)
         patches = None
         ok = torch.zeros(n, dtype=torch.bool)
+        errors = [""] * n
         bar = tqdm(total=n, desc=desc or "encoding images", disable=not self.progress, leave=False)
         with torch.random.fork_rng(devices=[]):
-            for images, index, good in loader:
+            for images, index, good, why in loader:
+                for i, e in zip(index.tolist(), why, strict=True):
+                    errors[i] = e
                 b = images.shape[0]
                 glob, pooled = self.encode(images.flatten(0, 1))
                 feats[:, index] = glob.view(b, per_item, dim).transpose(0, 1)
@@ -230,17 +263,50 @@ class FeatureExtractor:
         bar.close()
         feats[:, ~ok] = 0.0
         if num_views:
-            return SplitFeatures(image=feats[0].clone(), ok=ok, views=feats, view_patches=patches)
-        return SplitFeatures(image=feats[0], ok=ok, patches=None if patches is None else patches[0])
+            return SplitFeatures(
+                image=feats[0].clone(),
+                ok=ok,
+                views=feats,
+                view_patches=patches,
+                errors=tuple(errors),
+            )
+        patches0 = None if patches is None else patches[0]
+        return SplitFeatures(image=feats[0], ok=ok, patches=patches0, errors=tuple(errors))
+
+
+def _file_identity(path: str) -> list[int] | None:
+    """(device, inode, size, mtime ns, ctime ns) of a file; None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def content_hash(path: str) -> str:
+    """SHA-256 of a file's bytes, or ``missing`` / ``unreadable:<error>`` when it has none."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable:{type(exc).__name__}"
+    return digest.hexdigest()
 
 
 class FeatureCache:
-    """Disk cache of :class:`SplitFeatures`, keyed by backbone, images, transform and views.
+    """Disk cache of :class:`SplitFeatures`, keyed by backbone, image contents, transform, views.
 
     Args:
         extractor: computes features on a miss.
         root: cache folder (default ``$VISPROMPT_CACHE/features``).
         store: write new entries to disk (False keeps everything in memory).
+
+    Layout: ``root/<k[:2]>/<k>.safetensors`` per entry (``k`` the content key)
+    and ``root/index/<i[:2]>/<i>.json`` mapping files' identities to ``k``.
     """
 
     def __init__(self, extractor: FeatureExtractor, root: Path | None = None, store: bool = True):
@@ -251,27 +317,63 @@ class FeatureCache:
         self.misses = 0
         self.hits = 0
 
-    def key(self, samples: Sequence[Sample], num_views: int) -> str:
+    def _settings(self, num_views: int) -> dict:
         ident = self.extractor.backbone.identity
-        payload = {
+        return {
             "version": CACHE_VERSION,
             "backbone": ident.fingerprint,
             "arch": ident.arch,
             "dtype": str(self.extractor.backbone.dtype),
-            "paths": hashlib.sha256("\n".join(s.path for s in samples).encode()).hexdigest(),
             "transform": self.extractor.spec(augmented=num_views > 0),
             "views": num_views,
             "patches": self.extractor.with_patches,
+            "max_image_pixels": max_image_pixels(),
         }
+
+    @staticmethod
+    def _digest(payload: dict) -> str:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def key(self, samples: Sequence[Sample], num_views: int) -> str:
+        """The content key of an entry: settings plus the SHA-256 of every image file.
+
+        Files are hashed unless the index already knows their current identity.
+        """
+        settings = self._settings(num_views)
+        paths = [s.path for s in samples]
+        identities = [_file_identity(p) for p in paths]
+        index_key = self._digest({**settings, "paths": paths, "files": identities})
+        index_path = self.root / "index" / index_key[:2] / f"{index_key}.json"
+        if self.store:
+            try:
+                return str(json.loads(index_path.read_text())["key"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        started_ns = time.time_ns()
+        workers = min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            hashes = list(pool.map(content_hash, paths, chunksize=16))
+        key = self._digest(
+            {**settings, "contents": hashlib.sha256("\n".join(hashes).encode()).hexdigest()}
+        )
+        settled = all(
+            ident is not None and max(ident[3], ident[4]) < started_ns - SETTLE_SECONDS * 1e9
+            for ident in identities
+        )
+        if self.store and settled:
+            with contextlib.suppress(OSError):  # the index only saves time
+                atomic_write_text(index_path, json.dumps({"key": key}))
+        return key
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
     def get(self, samples: Sequence[Sample], num_views: int = 0, desc: str = "") -> SplitFeatures:
-        key = self.key(samples, num_views)
-        path = self.path(key)
-        if self.store and path.is_file():
+        if not self.store:
+            self.misses += 1
+            return self.extractor.extract(samples, num_views=num_views, desc=desc)
+        path = self.path(self.key(samples, num_views))
+        if path.is_file():
             try:
                 loaded = _load(path)
                 if len(loaded.ok) == len(samples):
@@ -281,36 +383,37 @@ class FeatureCache:
                 pass
         self.misses += 1
         feats = self.extractor.extract(samples, num_views=num_views, desc=desc)
-        if self.store:
-            _save_atomic(path, feats)
+        _save_atomic(path, feats)
         return feats
 
 
 def _save_atomic(path: Path, feats: SplitFeatures) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"image": feats.image.contiguous(), "ok": feats.ok.to(torch.uint8)}
     for name in ("patches", "views", "view_patches"):
         value = getattr(feats, name)
         if value is not None:
             tensors[name] = value.contiguous()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    meta = None
+    if feats.errors is not None:
+        meta = {"errors": json.dumps({i: e for i, e in enumerate(feats.errors) if e})}
+    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def _load(path: Path) -> SplitFeatures:
-    t = load_file(str(path))
+    with safe_open(str(path), framework="pt") as fh:
+        t = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 - safe_open API
+        meta = fh.metadata() or {}
+    errors = None
+    if "errors" in meta:
+        listed = {int(i): e for i, e in json.loads(meta["errors"]).items()}
+        errors = tuple(listed.get(i, "") for i in range(len(t["ok"])))
     return SplitFeatures(
         image=t["image"],
         ok=t["ok"].bool(),
         patches=t.get("patches"),
         views=t.get("views"),
         view_patches=t.get("view_patches"),
+        errors=errors,
     )
 
 

@@ -90,7 +90,8 @@ def read_dataset(cfg: RunConfig) -> tuple[DatasetSpec, DatasetSplits]:
             f"{spec.layout}"
         )
     root = Path(cfg.data.root).expanduser() if cfg.data.root is not None else None
-    return spec, spec.read(root, seed=cfg.data.seed)
+    options = {name: getattr(cfg.data, name) for name in spec.options}
+    return spec, spec.read(root, seed=cfg.data.seed, **options)
 
 
 @dataclass

@@ -185,6 +185,7 @@ def feature_keys(cfg: RunConfig) -> tuple[str, ...]:
         "dataset": cfg.data.dataset,
         "root": cfg.data.root,
         "cache_dir": cfg.data.cache_dir,
+        "allow_duplicates": cfg.data.allow_duplicates,
         "patches": getattr(cfg.method, "visual_tokens", None) == "patches",
     }
     train = {

@@ -271,19 +271,19 @@ class ResultsStore:
             self.conn.execute("COMMIT")
 
     def _prepare(self, create: bool) -> None:
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
+        # One read transaction, so that the three reads see the same state: another
+        # process may create the schema between them (then its tables would be seen
+        # without its application id, as if the file belonged to another program).
+        self.conn.execute("BEGIN")
+        try:
+            version, app_id, tables = self._identity()
+        finally:
+            self.conn.execute("COMMIT")
         if version > SCHEMA_VERSION:
             raise VispromptError(
                 f"results database {self.path} was written by a newer visprompt (schema "
                 f"{version} > {SCHEMA_VERSION}); upgrade visprompt or use another --db"
             )
-        tables = [
-            r[0]
-            for r in self.conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            )
-        ]
         ours = app_id == APPLICATION_ID
         if (tables or version) and not ours:
             raise VispromptError(
@@ -300,6 +300,18 @@ class ResultsStore:
             self._create_schema()
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.execute("PRAGMA synchronous = FULL")
+
+    def _identity(self) -> tuple[int, int, list[str]]:
+        """``(user_version, application_id, table names)`` of the open file."""
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        return version, app_id, tables
 
     def _create_schema(self) -> None:
         # WAL must be switched on outside a transaction; it is persistent in the file.

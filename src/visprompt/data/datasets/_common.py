@@ -8,6 +8,7 @@ training-time readers.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -50,15 +51,97 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+class SymlinkLoopWarning(UserWarning):
+    """A symbolic link inside a dataset folder points back at a folder above it; not followed.
+
+    Attributes:
+        link: the link's path.
+    """
+
+    def __init__(self, link: str) -> None:
+        super().__init__(
+            f"skipped symlink loop {link} -> {os.path.realpath(link)} (a link to a folder "
+            f"holding the link itself); remove the link, its images are listed once anyway"
+        )
+        self.link = link
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
 def list_images(folder: Path) -> list[str]:
     """Absolute paths of all images below ``folder`` (recursive), sorted.
 
-    Hidden files and folders (names starting with ``.``) are skipped.
+    Hidden files and folders (names starting with ``.``) are skipped. Symbolic
+    links are followed, but every real folder is walked once and every real
+    file listed once (by device and inode), so a file reached through two links
+    is one image, under the path met first (sorted walk, a folder's own files
+    before its sub-folders). A link back to the folder itself or one above it
+    (a loop, which would list every image again and again) is skipped with a
+    :class:`SymlinkLoopWarning` naming it. Broken links are listed as they are
+    (the image is then reported as unreadable).
     """
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
+    seen_files: set[tuple[int, int]] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+
+    loops: list[str] = []
+
+    def loop(link: str) -> None:
+        loops.append(link)
+
+    def walk(path: str, chain: frozenset[tuple[int, int]]) -> None:
+        try:
+            ident = _identity(os.stat(path))
+        except OSError:
+            return
+        if ident in chain:  # a loop only bind mounts make (links are caught below)
+            loop(path)
+            return
+        if ident in seen_dirs:  # the same folder through a second link: already listed
+            return
+        seen_dirs.add(ident)
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        here = None
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir, is_link = entry.is_dir(), entry.is_symlink()  # is_dir follows links
+            except OSError:
+                continue
+            if is_dir:
+                if is_link:
+                    here = here or os.path.realpath(path)
+                    target = os.path.realpath(entry.path)
+                    if os.path.commonpath([target, here]) == target:
+                        loop(entry.path)  # the link lies inside its own target
+                        continue
+                subdirs.append(entry.path)
+                continue
+            if not is_image_file(entry.name):
+                continue
+            try:
+                # a plain file's inode comes with the listing; a link's needs a stat
+                key = _identity(entry.stat()) if is_link else (ident[0], entry.inode())
+            except OSError:  # a broken link: listed, found unreadable later
+                key = (-1, len(seen_files))
+            if key not in seen_files:
+                seen_files.add(key)
+                found.append(entry.path)
+        inner = chain | {ident}
+        for sub in subdirs:
+            walk(sub, inner)
+
+    walk(str(folder), frozenset())
+    for link in loops:
+        warnings.warn(SymlinkLoopWarning(link), stacklevel=2)
     return sorted(found)
 
 
