@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
-from vp_testing import rel_err
+from vp_testing import rel_err, tiny_open_clip_config
 
 from visprompt.backbone import (
     build_class_prompts,
@@ -144,24 +144,7 @@ def test_wrapped_state_dict_safetensors_and_named_arch(tmp_path):
     for path in (wrapped, st):
         assert rel_err(load_backbone(checkpoint=path).model.encode_text(ids), expected) <= 1e-6
     # an open_clip architecture name: register the tiny layout as a model config
-    cfg = {
-        "embed_dim": 32,
-        "quick_gelu": True,
-        "vision_cfg": {
-            "layers": 2,
-            "width": 64,
-            "head_width": 64,
-            "patch_size": 8,
-            "image_size": 32,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 64,
-            "heads": 1,
-            "layers": 2,
-        },
-    }
+    cfg = tiny_open_clip_config(quick_gelu=True)
     (tmp_path / "cfgs").mkdir()
     (tmp_path / "cfgs" / "tiny-test-arch.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / "cfgs")

@@ -147,3 +147,25 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert strip(read_metrics(a)) == strip(read_metrics(b))
     wa, wb = load_file(a / "prompt.safetensors"), load_file(b / "prompt.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def tiny_open_clip_config(quick_gelu: bool) -> dict:
+    """open_clip model config of ``visprompt.backbone.tiny_clip("vit")``'s layout."""
+    return {
+        "embed_dim": 32,
+        "quick_gelu": quick_gelu,
+        "vision_cfg": {
+            "layers": 2,
+            "width": 64,
+            "head_width": 64,
+            "patch_size": 8,
+            "image_size": 32,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 64,
+            "heads": 1,
+            "layers": 2,
+        },
+    }

@@ -25,7 +25,7 @@ import pytest
 import torch
 from open_clip.model import CLIP, QuickGELU, build_model_from_openai_state_dict
 from safetensors.torch import load_file, save_file
-from vp_testing import rel_err
+from vp_testing import rel_err, tiny_open_clip_config
 
 from visprompt.backbone import load_backbone
 from visprompt.errors import VispromptError
@@ -132,24 +132,7 @@ def test_openai_weights_with_contradicting_arch_name_both(openai_file):
 
 
 def _tiny_cfg(quick_gelu: bool) -> dict:
-    return {
-        "embed_dim": 32,
-        "quick_gelu": quick_gelu,
-        "vision_cfg": {
-            "layers": 2,
-            "width": 64,
-            "head_width": 64,
-            "patch_size": 8,
-            "image_size": 32,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 64,
-            "heads": 1,
-            "layers": 2,
-        },
-    }
+    return tiny_open_clip_config(quick_gelu)
 
 
 @pytest.fixture(scope="module")
