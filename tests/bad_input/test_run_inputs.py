@@ -46,6 +46,36 @@ class World:
         return argv
 
 
+class _Payload:
+    """Unpickling this runs ``open(marker, "w")``: proof that a loader ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _checkpoint_faults(folder: Path) -> None:
+    import pickle
+
+    import torch
+
+    from visprompt.backbone import tiny_clip
+
+    folder.mkdir()
+    torch.save(tiny_clip("vit").state_dict(), folder / "vit.pt")
+    whole = (folder / "vit.pt").read_bytes()
+    (folder / "truncated.pt").write_bytes(whole[: len(whole) // 2])
+    (folder / "random.pt").write_bytes(os.urandom(4096))
+    # the marker would appear inside the world, which every row checks is unchanged
+    (folder / "payload.pt").write_bytes(pickle.dumps({"x": _Payload(folder / "PAYLOAD-RAN")}))
+    (folder / "no-weights").mkdir()
+    (folder / "no-weights" / "open_clip_config.json").write_text('{"model_cfg": {}}')
+    (folder / "bad-json").mkdir()
+    (folder / "bad-json" / "open_clip_config.json").write_text("{model_cfg: ")
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, colour_dataset) -> World:
     base = tmp_path_factory.mktemp("bad_runs")
@@ -84,6 +114,7 @@ def world(tmp_path_factory, colour_dataset) -> World:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with sqlite3.connect(base / "other.db") as conn:
         conn.execute("CREATE TABLE invoices (id INTEGER)")
+    _checkpoint_faults(base / "ckpt")
     image = next((colour_dataset / "test" / "red").glob("*.png"))
     return World(base, colour_dataset, base / "done", base / "half", broken, image)
 
@@ -97,6 +128,11 @@ def _cases() -> list[tuple[str, object, str]]:
 
     def image(w):
         return str(w.image)
+
+    def ckpt_args(name, *extra):
+        return lambda w: w.train_args(
+            "backbone.name=null", f"backbone.checkpoint={w.base / 'ckpt' / name}", *extra
+        )
 
     done, half = path("done"), path("half")
     return [
@@ -115,6 +151,15 @@ def _cases() -> list[tuple[str, object, str]]:
          "bad value for 'optim.momentum': Input should be greater than or equal to 0"),
         ("config-negative-weight-decay", lambda w: w.train_args("optim.weight_decay=-1e-4"),
          "bad value for 'optim.weight_decay': Input should be greater than or equal to 0"),
+        # -- checkpoint faults
+        ("ckpt-missing", ckpt_args("nope.pt"), "checkpoint not found"),
+        ("ckpt-truncated", ckpt_args("truncated.pt"), "cannot read checkpoint"),
+        ("ckpt-random-bytes", ckpt_args("random.pt"), "cannot read checkpoint"),
+        ("ckpt-code-carrying-pickle", ckpt_args("payload.pt"), "as a weights-only file"),
+        ("ckpt-other-architecture", ckpt_args("vit.pt", "backbone.arch=RN50"),
+         "does not match architecture 'RN50'"),
+        ("ckpt-folder-without-weights", ckpt_args("no-weights"), "open_clip_model.safetensors"),
+        ("ckpt-folder-config-not-json", ckpt_args("bad-json"), "open_clip_config.json"),
         # -- run-folder states
         ("run-missing", run("eval", "--run", path("nope")), "run folder not found"),
         ("run-fresh", run("eval", "--run", path("fresh")), "is incomplete (missing config.yaml)"),
