@@ -55,15 +55,21 @@ def rel_err(a, b) -> float:
     return float((a - b).abs().max() / scale) if scale > 0 else float((a - b).abs().max())
 
 
-def tree_snapshot(*roots: Path) -> dict[str, tuple[int, bytes]]:
+def tree_snapshot(*roots: Path, ignore: tuple[str, ...] = ()) -> dict[str, tuple[int, bytes]]:
     """Every file under ``roots`` -> (mode, content): compare before/after to prove
-    that a refused command left nothing behind and harmed nothing."""
+    that a refused command left nothing behind and harmed nothing.
+
+    ``ignore``: path fragments left out (e.g. the feature cache's stat index, which a
+    command may extend for files it already hashed without changing what is served).
+    """
     out: dict[str, tuple[int, bytes]] = {}
     for root in roots:
         root = Path(root)
         if not root.exists():
             continue
         for path in sorted(root.rglob("*")):
+            if any(part in str(path) for part in ignore):
+                continue
             if path.is_file() and not path.is_symlink():
                 out[str(path)] = (path.stat().st_mode, path.read_bytes())
             elif path.is_dir():
