@@ -73,17 +73,22 @@ OPEN_CLIP_WEIGHTS = (
 _HASHES: dict[tuple[str, int, float], str] = {}
 
 
+def sha256_of_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB blocks (raises OSError)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file (memoised per path, size and modification time)."""
     path = Path(path)
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime)
     if key not in _HASHES:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
+        _HASHES[key] = sha256_of_file(path)
     return _HASHES[key]
 
 

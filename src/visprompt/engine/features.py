@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from visprompt.backbone import FrozenCLIP
+from visprompt.backbone.loader import sha256_of_file
 from visprompt.data.images import load_rgb, max_image_pixels, read_image
 from visprompt.data.transforms import CROP_SCALE, build_transforms, transform_spec
 from visprompt.data.types import Sample
@@ -285,16 +286,12 @@ def _file_identity(path: str) -> list[int] | None:
 
 def content_hash(path: str) -> str:
     """SHA-256 of a file's bytes, or ``missing`` / ``unreadable:<error>`` when it has none."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        return sha256_of_file(path)
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
         return f"unreadable:{type(exc).__name__}"
-    return digest.hexdigest()
 
 
 class FeatureCache:
