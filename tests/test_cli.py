@@ -84,16 +84,6 @@ def test_errors_are_one_line_with_exit_status_2(capsys, tmp_path):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_class_specific_context_trains(colour_dataset, tmp_path):
-    over = run_overrides(
-        colour_dataset, "coop", **{"method.class_specific": "true", "optim.epochs": 2}
-    )
-    result = train_run(
-        load_run_config(None, over), tmp_path / "csc", progress=False, log=lambda m: None
-    )
-    assert result["trainable_params"] == 4 * 16 * 64  # K x M x d
-
-
 def test_eval_refuses_weights_of_another_backbone(colour_dataset, tmp_path):
     over = run_overrides(colour_dataset, "coop", **{"optim.epochs": 1})
     train_run(load_run_config(None, over), tmp_path / "run", progress=False, log=lambda m: None)
