@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from visprompt.config import config_from_dict, diff_configs, load_run_config
+from visprompt.config import validate_run_config, diff_configs, load_run_config
 from visprompt.errors import VispromptError
 
 BASE = ["backbone.name=tiny-vit", "data.dataset=folder", "method.name=coop"]
@@ -40,8 +40,8 @@ def test_yaml_file_and_overrides(tmp_path):
     assert cfg.method.ctx_init == "a photo of a"
     # the resolved config round-trips through YAML to the same run identity
     dumped = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
-    assert config_from_dict(dumped).run_id() == cfg.run_id()
-    assert config_from_dict(dumped).method.class_specific is True
+    assert validate_run_config(dumped).run_id() == cfg.run_id()
+    assert validate_run_config(dumped).method.class_specific is True
 
 
 @pytest.mark.parametrize(

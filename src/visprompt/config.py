@@ -11,10 +11,16 @@ which each method's *released code* differs from its paper (declared by the
 method as ``reference=`` at registration, e.g. NLPrompt's ``ot_cost:
 neg_prob``); the default ``preset: paper`` keeps the papers' settings.
 
-``load_run_config(path, overrides)`` is the only entry: it reads the YAML,
-applies ``--set a.b=value`` overrides (values parsed as YAML scalars), merges
-method defaults and returns a validated :class:`RunConfig`, or raises a
-one-line :class:`VispromptError` naming the bad key and the allowed ones.
+``load_run_config(source, overrides)`` is the only entry: train, sweep and demo
+all call it (through :func:`compose` and :func:`resolve` for sweeps). Parsing,
+``key.sub=value`` overrides, ``${...}`` interpolation, ``???`` required values
+and merging are OmegaConf's; validation is pydantic's, once, here. The result is
+a :class:`RunConfig`, or a one-line :class:`VispromptError` naming the bad key
+and the allowed ones.
+
+This module never imports a method: it reads each method's declared entry
+(options model, defaults, :class:`~visprompt.method_spec.Requirements`) from
+:data:`visprompt.method_spec.METHOD_REGISTRY`.
 """
 
 from __future__ import annotations
@@ -23,21 +29,25 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
 )
+from yaml import YAMLError
 
 from visprompt.errors import VispromptError
+from visprompt.method_spec import METHOD_REGISTRY, MethodConfig
+from visprompt.options import Section
 
 
 def absolute_path(path: str | None) -> str | None:
@@ -50,17 +60,6 @@ def absolute_path(path: str | None) -> str | None:
     if path is None:
         return None
     return os.path.abspath(os.path.expanduser(str(path)))
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are checked on assignment."""
-
-    # allow_inf_nan=False: `lr: nan` passes a `> 0` check (every comparison with NaN is
-    # False) and then poisons the weights at the first step; no option is meant to be
-    # non-finite, so NaN and infinity are refused everywhere at parse time.
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
-    )
 
 
 class BackboneConfig(Section):
@@ -219,12 +218,6 @@ class EngineConfig(Section):
     threads: int | None = Field(None, ge=1)
 
 
-class MethodConfig(Section):
-    """Base of every method's options; subclasses add their own keys."""
-
-    name: str
-
-
 class RunConfig(Section):
     backbone: BackboneConfig
     data: DataConfig
@@ -275,11 +268,19 @@ def identity_dict(config: dict) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- parsing
+# ---------------------------------------------------------------- parsing (OmegaConf)
+
+#: OmegaConf's marker of a value the user must give (``data.root: ???``).
+MISSING = "???"
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=0.001"`` -> (["optim", "lr"], 0.001); the value is a YAML scalar/list."""
+def check_override(text: str) -> str:
+    """The dotted key of a ``key.sub=value`` override; a malformed one is a one-line error.
+
+    OmegaConf would read ``key`` without ``=`` as ``key: null`` and ``key=`` as an
+    empty string; both are mistakes (often an unset shell variable) that would
+    silently fall back to a default, so they are refused before OmegaConf sees them.
+    """
     if "=" not in text:
         raise VispromptError(f"override {text!r} has no '='; write it as key.sub=value")
     key, raw = text.split("=", 1)
@@ -287,40 +288,45 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not parts:
         raise VispromptError(f"override {text!r} has an empty key; write it as key.sub=value")
     if not raw.strip():
-        # An empty value (often an unset shell variable) would read as null and silently
-        # fall back to the default, discarding what the YAML file says.
         raise VispromptError(
             f"override {text!r} has an empty value; give one ({key.strip()}=VALUE), write "
             f"{key.strip()}=null to ask for the default, or leave the override out"
         )
+    return ".".join(parts)
+
+
+def _check_settable(node: DictConfig, key: str) -> None:
+    """Refuse ``a.b=...`` where ``a`` holds a value (OmegaConf would silently replace it)."""
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        prefix = ".".join(parts[:i])
+        held = OmegaConf.select(node, prefix, default=None, throw_on_missing=False)
+        if held is not None and not isinstance(held, DictConfig):
+            raise VispromptError(f"cannot set {key}: {prefix} holds a value, not a section")
+
+
+def set_value(node: DictConfig, key: str, value: Any) -> None:
+    """Set dotted ``key`` of ``node`` to ``value`` (creating sections), as an override does."""
+    _check_settable(node, key)
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
-    return parts, value
+        OmegaConf.update(node, key, value, merge=False, force_add=True)
+    except OmegaConfBaseException as exc:
+        raise VispromptError(f"cannot set {key}: {_first_line(exc)}") from None
 
 
-def set_dotted(tree: dict, parts: list[str], value: Any) -> None:
-    node = tree
-    for part in parts[:-1]:
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        if not isinstance(nxt, dict):
-            raise VispromptError(
-                f"cannot set {'.'.join(parts)}: {part} holds a value, not a section"
-            )
-        node = nxt
-    node[parts[-1]] = value
+def apply_overrides(node: DictConfig, overrides: Sequence[str]) -> None:
+    """Apply ``key.sub=value`` strings to ``node``; values are read as YAML by OmegaConf."""
+    for text in overrides:
+        key = check_override(text)
+        _check_settable(node, key)
+        try:
+            node.merge_with_dotlist([f"{key}={text.split('=', 1)[1]}"])
+        except (OmegaConfBaseException, YAMLError) as exc:
+            raise VispromptError(f"override {text!r}: {_first_line(exc)}") from None
 
 
-def get_dotted(tree: dict, dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def decode_text(data: bytes, what: str) -> str:
@@ -342,8 +348,8 @@ def decode_text(data: bytes, what: str) -> str:
         ) from None
 
 
-def load_yaml_file(path: str | Path, kind: str, what: str):
-    """The parsed YAML of ``path``; a missing file or bad syntax is a one-line error.
+def load_yaml_node(path: str | Path, kind: str, what: str) -> Any:
+    """The parsed YAML of ``path`` as OmegaConf nodes (None when empty); one-line errors.
 
     ``kind`` names the file in errors ("config file", "sweep file"), ``what``
     says what to give instead of a missing one ("a run YAML file").
@@ -351,19 +357,59 @@ def load_yaml_file(path: str | Path, kind: str, what: str):
     path = Path(path)
     if not path.is_file():
         raise VispromptError(f"{kind} not found: {path}; give the path of {what}")
+    text = decode_text(path.read_bytes(), f"{kind} {path}")
     try:
-        return yaml.safe_load(decode_text(path.read_bytes(), f"{kind} {path}"))
-    except yaml.YAMLError as exc:
+        return OmegaConf.create(text) if text.strip() else None
+    except YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
         raise VispromptError(f"{kind} {path} is not valid YAML{where}; fix its syntax") from None
+    except OmegaConfBaseException as exc:
+        raise VispromptError(f"{kind} {path}: {_first_line(exc)}") from None
 
 
-def read_yaml(path: str | Path) -> dict:
-    data = load_yaml_file(path, "config file", "a run YAML file") or {}
-    if not isinstance(data, dict):
-        raise VispromptError(f"config file {path} must hold a mapping of sections, not a list")
-    return data
+def compose(
+    source: str | Path | Mapping | DictConfig | None, overrides: Sequence[str] = ()
+) -> DictConfig:
+    """A run config file (or mapping) with ``key.sub=value`` overrides applied, unresolved."""
+    if source is None:
+        node = OmegaConf.create({})
+    elif isinstance(source, (str, Path)):
+        node = load_yaml_node(source, "config file", "a run YAML file")
+        if node is None:
+            node = OmegaConf.create({})
+        if not isinstance(node, DictConfig):
+            raise VispromptError(
+                f"config file {source} must hold a mapping of sections, not a list"
+            )
+    else:
+        node = OmegaConf.create(
+            copy.deepcopy(dict(source)) if isinstance(source, Mapping) else source
+        )
+    apply_overrides(node, overrides)
+    return node
+
+
+class MissingValueError(VispromptError):
+    """A ``???`` value nobody gave; ``key`` is its dotted key."""
+
+    def __init__(self, key: str, where: str = "the config") -> None:
+        super().__init__(f"missing value for {key} ({MISSING} in {where}); pass --set {key}=VALUE")
+        self.key = key
+
+
+def resolve(node: DictConfig) -> dict:
+    """Plain containers with every ``${...}`` resolved; a ``???`` left is a one-line error."""
+    try:
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        raise MissingValueError(str(exc.full_key)) from None
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        where = f" at {key}" if key else ""
+        raise VispromptError(
+            f"cannot resolve the config{where}: {_first_line(exc)}; fix the ${{...}} interpolation"
+        ) from None
 
 
 def _format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
@@ -410,8 +456,8 @@ PRESETS = ("paper", "reference")
 GPU_ONLY_PRECISIONS = ("fp16",)
 
 
-def _runs_on_gpu(raw: dict) -> bool:
-    device = str(get_dotted(raw, "backbone.device") or "auto")
+def _runs_on_gpu(node: DictConfig) -> bool:
+    device = str(OmegaConf.select(node, "backbone.device", default=None) or "auto")
     if device == "auto":
         import torch  # late: parsing a config needs no torch otherwise
 
@@ -419,70 +465,112 @@ def _runs_on_gpu(raw: dict) -> bool:
     return device.startswith("cuda")
 
 
-def apply_reference_preset(raw: dict, reference: dict) -> None:
-    """Set a method's released-code values (``MethodEntry.reference``) where ``raw`` has none.
+def _set_unset(node: DictConfig, values: Mapping[str, Any], gpu_only_on_cpu: bool = False) -> None:
+    """Set each dotted key of ``values`` where ``node`` has none: what the user wrote wins.
 
-    What the user wrote always wins. A GPU-only precision (the references' fp16)
-    is set only for a run that will use a GPU; on CPU the run stays fp32.
+    ``gpu_only_on_cpu``: a GPU-only precision (the references' fp16) is set only for a
+    run that will use a GPU (``preset: reference`` on CPU stays fp32).
     """
-    for dotted, value in reference.items():
-        if get_dotted(raw, dotted) is not None:
+    for dotted, value in values.items():
+        if OmegaConf.select(node, dotted, default=None) is not None:
             continue
-        if dotted == "precision" and value in GPU_ONLY_PRECISIONS and not _runs_on_gpu(raw):
+        if (
+            gpu_only_on_cpu
+            and dotted == "precision"
+            and value in GPU_ONLY_PRECISIONS
+            and not _runs_on_gpu(node)
+        ):
             continue
-        set_dotted(raw, dotted.split("."), value)
+        set_value(node, dotted, value)
 
 
-def validate_run_config(raw: dict) -> RunConfig:
-    """Validate a plain dict (YAML content + overrides) into a :class:`RunConfig`."""
-    from visprompt.methods import METHOD_REGISTRY  # late: methods import config
+def validate_run_config(raw: Mapping | DictConfig) -> RunConfig:
+    """Validate a resolved config (YAML content + overrides) into a :class:`RunConfig`.
 
-    raw = copy.deepcopy(raw)
-    method_raw = raw.get("method")
-    if not isinstance(method_raw, dict) or "name" not in method_raw:
+    Applies, where the user set nothing: ``preset: reference`` values, then the
+    method's paper defaults and noise protocol; then checks the method's
+    :class:`~visprompt.method_spec.Requirements` against the other sections.
+    """
+    node = OmegaConf.create(copy.deepcopy(dict(raw)) if isinstance(raw, Mapping) else raw)
+    method_raw = node.get("method")
+    if not isinstance(method_raw, DictConfig) or "name" not in method_raw:
         raise VispromptError(
             "missing option 'method.name'; set it to one of: " + ", ".join(METHOD_REGISTRY.names())
         )
     entry = METHOD_REGISTRY.get(str(method_raw["name"]))
-    preset = raw.get("preset", "paper")
+    preset = node.get("preset", "paper")
     if preset not in PRESETS:
         raise VispromptError(
             f"unknown preset {preset!r}; choose paper (the papers' settings, the default) or "
             "reference (as each method's released code)"
         )
     if preset == "reference":
-        apply_reference_preset(raw, entry.reference)
+        _set_unset(node, entry.reference, gpu_only_on_cpu=True)
+    _set_unset(node, {**entry.defaults, "noise.protocol": entry.noise_protocol})
+    plain = resolve(node)
     try:
-        method_cfg = entry.config_cls(**method_raw)
+        method_cfg = entry.config_cls(**plain["method"])
     except ValidationError as exc:
         raise VispromptError(
             _format_validation_error(exc, entry.config_cls, prefix="method")
         ) from None
-    for dotted, value in entry.defaults.items():
-        if get_dotted(raw, dotted) is None:
-            set_dotted(raw, dotted.split("."), value)
-    raw["method"] = {"name": method_cfg.name}
+    plain["method"] = {"name": method_cfg.name}
     try:
-        config = RunConfig(**raw)
+        config = RunConfig(**plain)
     except ValidationError as exc:
         raise VispromptError(_format_validation_error(exc, RunConfig)) from None
     config.method = method_cfg  # the subclass instance, with its own keys
-    entry.check(config)
+    check_run_config(config)
     return config
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a run YAML, apply ``key.sub=value`` overrides, validate, return a RunConfig."""
-    raw = read_yaml(path) if path is not None else {}
-    for text in overrides or []:
-        parts, value = parse_override(text)
-        set_dotted(raw, parts, value)
-    return validate_run_config(raw)
+def load_run_config(
+    source: str | Path | Mapping | None, overrides: Sequence[str] | None = None
+) -> RunConfig:
+    """A run YAML (or mapping) with ``key.sub=value`` overrides, validated into a RunConfig.
+
+    The one path from user input to a run config: ``visprompt train``, sweeps and
+    the demo all end here.
+    """
+    return validate_run_config(resolve(compose(source, overrides or ())))
 
 
-def config_from_dict(raw: dict) -> RunConfig:
-    """Validate an already-resolved config dict (e.g. a run folder's config.yaml)."""
-    return validate_run_config(raw)
+# ---------------------------------------------------------------- cross-section checks
+
+
+#: Named backbones and open_clip architectures whose image tower is a ResNet: a method
+#: that needs ViT patch tokens is refused before anything loads (a checkpoint file's
+#: tower is checked again when it is loaded, from the model itself).
+def _resnet_named(backbone: BackboneConfig) -> str | None:
+    name = (backbone.name or backbone.arch or "").lower()
+    return name if name.startswith("rn") or name == "tiny-rn" else None
+
+
+def check_run_config(config: RunConfig) -> None:
+    """Checks that need more than one section: a method's needs, the balanced protocol."""
+    req = config.method.requirements()
+    resnet = _resnet_named(config.backbone)
+    if req.vit is not None and resnet is not None:
+        raise VispromptError(req.vit_error(resnet))
+    if req.min_epochs is not None and config.optim.epochs < req.min_epochs[0]:
+        raise VispromptError(req.min_epochs[1])
+    noise, data = config.noise, config.data
+    if noise.protocol == "balanced":
+        if data.shots is None:
+            raise VispromptError(
+                "noise.protocol balanced needs a number of shots per class; set data.shots "
+                "(e.g. 16) or use noise.protocol relabel"
+            )
+        if data.allow_fewer:
+            raise VispromptError(
+                "data.allow_fewer is not available with noise.protocol balanced (every class "
+                "gets exactly data.shots slots); lower data.shots or set noise.protocol relabel"
+            )
+        if noise.type == "asym-semantic":
+            raise VispromptError(
+                "noise.type asym-semantic is not available with noise.protocol balanced; "
+                "choose sym or asym, or set noise.protocol relabel"
+            )
 
 
 def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:

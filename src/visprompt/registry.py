@@ -7,6 +7,7 @@ factory with ``@REGISTRY.register("name")``; looking up an unknown name raises a
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -18,9 +19,23 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> object mapping with a decorator to fill it and a helpful lookup error."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, discover: tuple[str, ...] = ()) -> None:
+        """``discover``: modules imported (once) before the first lookup, which fill the registry.
+
+        This is how a leaf module can hold a registry whose entries live in a package that
+        imports the leaf: ``visprompt.config`` looks methods up in ``METHOD_REGISTRY``
+        without importing any method module itself (no import cycle); the first lookup
+        imports ``visprompt.methods``, whose modules register themselves.
+        """
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._discover = discover
+
+    def _discovered(self) -> dict[str, T]:
+        while self._discover:
+            module, self._discover = self._discover[0], self._discover[1:]
+            importlib.import_module(module)
+        return self._entries
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorate(obj: T) -> T:
@@ -33,19 +48,19 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         try:
-            return self._entries[name]
+            return self._discovered()[name]
         except KeyError:
             known = ", ".join(sorted(self._entries))
             raise VispromptError(f"unknown {self.kind} {name!r}; choose one of: {known}") from None
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted(self._discovered())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._discovered()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._discovered())

@@ -77,7 +77,7 @@ def direct_features(backbone, embeddings: torch.Tensor, eot: torch.Tensor) -> to
 
 def encode(backbone, prompts, ctx, per_image, chunk, mode, weights):
     """Features and the gradient of a fixed weighting of them wrt the context."""
-    backbone.text_encoding = mode
+    backbone.with_engine(text_encoding=mode)
     try:
         ctx = ctx.clone().requires_grad_(True)
         base = backbone.embed_tokens(prompts.token_ids)
@@ -87,7 +87,7 @@ def encode(backbone, prompts, ctx, per_image, chunk, mode, weights):
         (out * weights).sum().backward()
         return out.detach(), ctx.grad
     finally:
-        backbone.text_encoding = "shared-prefix"
+        backbone.with_engine()
 
 
 @pytest.mark.parametrize("per_image", [False, True])
@@ -196,26 +196,20 @@ def test_truncated_switch_turns_shared_prefix_off(tiny, monkeypatch):
     ctx = torch.randn(3, 4, 64, generator=torch.Generator().manual_seed(5))
     calls = Calls(monkeypatch)
     shared = tiny.encode_class_prompts(prompts, base, ctx, per_image=True)
-    tiny.text_encoding = "truncated"
+    tiny.with_engine(text_encoding="truncated")
     try:
         assert not tiny.uses_shared_prefix(prompts, ctx, per_image=True)
         truncated = tiny.encode_class_prompts(prompts, base, ctx, per_image=True)
     finally:
-        tiny.text_encoding = "shared-prefix"
+        tiny.with_engine()
     assert (calls.shared, calls.truncated) == (1, 1)
     assert rel_err(shared, truncated) < 1e-5
 
 
 def test_unknown_text_encoding_is_a_clear_error(tiny):
-    prompts = build_class_prompts(tiny.tokenizer, NAMES[:2], n_ctx=2)
-    tiny.text_encoding = "full"
-    try:
-        with pytest.raises(VispromptError, match="text encoding"):
-            tiny.encode_class_prompts(
-                prompts, tiny.embed_tokens(prompts.token_ids), torch.zeros(2, 64)
-            )
-    finally:
-        tiny.text_encoding = "shared-prefix"
+    with pytest.raises(VispromptError, match="text encoding 'full'"):
+        tiny.with_engine(text_encoding="full")
+    assert tiny.text_encoding == "shared-prefix"  # a refused setting changes nothing
 
 
 def test_other_block_types_fall_back_to_truncation(monkeypatch):

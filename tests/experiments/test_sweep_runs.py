@@ -18,14 +18,13 @@ from conftest import (
     cache_entries,
     db_rows,
     processes_with_env,
-    read_metrics,
     sweep_args,
     wait_until,
 )
 
 from visprompt.cli import main
-from visprompt.config import config_from_dict
-from visprompt.engine.run import train_run
+from visprompt.config import validate_run_config
+from visprompt.engine.run import read_metrics, train_run
 from visprompt.experiments.store import ResultsStore
 from visprompt.experiments.sweep import load_sweep
 
@@ -166,7 +165,7 @@ def test_sigkill_mid_sweep_loses_nothing_and_the_rerun_resumes(tiny_sweep, tmp_p
     torch.set_num_threads(1)
     for run_id in interrupted:
         assert after[run_id]["resumed"] == 1
-        cfg = config_from_dict(yaml.safe_load((runs_dir / run_id / "config.yaml").read_text()))
+        cfg = validate_run_config(yaml.safe_load((runs_dir / run_id / "config.yaml").read_text()))
         fresh = train_run(cfg, tmp_path / "fresh" / run_id, progress=False, log=lambda m: None)
         assert after[run_id]["test_accuracy"] == fresh["test_accuracy"]
         assert strip(epochs_of(db, run_id)) == strip(read_metrics(tmp_path / "fresh" / run_id))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +9,7 @@ from vp_testing import rel_err, run_overrides
 
 from visprompt.backbone import load_backbone
 from visprompt.config import load_run_config
-from visprompt.engine.run import evaluate_run, train_run
+from visprompt.engine.run import evaluate_run, read_metrics, train_run
 from visprompt.methods import METHOD_REGISTRY
 from visprompt.methods.base import FeatureBatch
 from visprompt.methods.cocoop import CoCoOp, CoCoOpConfig
@@ -37,7 +35,7 @@ def method(backbone):
 
 def test_config_and_architecture_follow_the_reference(backbone, method):
     d_img, width = backbone.embed_dim, method.prompt.width
-    assert method.per_image and method.class_text_features() is None
+    assert method.config.requirements().per_image_prompts and method.class_text_features() is None
     assert method.prompt.n_ctx == 4  # "a photo of a"
     init = backbone.embed_tokens(torch.tensor([backbone.bpe("a photo of a")]))[0].float()
     assert torch.equal(CoCoOp(backbone, CLASSES, CoCoOpConfig()).prompt.ctx.detach(), init)
@@ -98,7 +96,7 @@ def test_trains_on_the_colour_dataset_at_half_noise(colour_dataset, tmp_path, pr
     cfg = load_run_config(None, over)
     assert cfg.optim.batch_size == 8  # the user's value wins over the method default (1)
     result = train_run(cfg, tmp_path / "run", progress=False, log=lambda m: None)
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "run")
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["train_loss"])) for r in rows)
     assert result["num_train"] == 32 and result["num_noisy"] == 16
     assert result["noise_protocol"] == protocol

@@ -7,7 +7,9 @@ import torch
 from vp_testing import rel_err
 
 from visprompt.backbone import load_backbone
+from visprompt.backbone.loader import tiny_clip
 from visprompt.config import load_run_config
+from visprompt.engine.run import build_backbone
 from visprompt.errors import VispromptError
 from visprompt.methods import METHOD_REGISTRY, FeatureBatch, TrainBatch
 from visprompt.methods.base import EpochContext
@@ -119,17 +121,32 @@ def test_gate_uses_the_shared_prompt_reliability(vit):
 
 def test_patch_tokens_are_used_only_with_visual_tokens_patches(vit):
     pool = make(vit)
-    assert not pool.needs_patches and not hasattr(pool.visual, "patch_proj")
+    assert not pool.config.requirements().patch_tokens and not hasattr(pool.visual, "patch_proj")
     patches = make(vit, visual_tokens="patches").train()
     perturb(patches)
-    assert patches.needs_patches
+    assert patches.config.requirements().patch_tokens
     feats = features(vit, b=2, patches=True)
     batch = TrainBatch(feats, torch.tensor([0, 1]), torch.tensor([0, 1]), torch.zeros(2).long())
     patches.training_loss(batch).loss.backward()
     assert patches.visual.patch_proj.weight.grad.abs().sum() > 0
-    rn = load_backbone(name="tiny-rn", device="cpu")
-    with pytest.raises(VispromptError, match="needs a ViT image tower"):
-        make(rn, visual_tokens="patches")
+
+
+def test_patches_on_a_resnet_checkpoint_file_is_refused_when_it_loads(tmp_path):
+    # a file's image tower is unknown to the config layer: the engine checks the
+    # method's declared requirement against the loaded model, before any work
+    path = tmp_path / "rn.pt"
+    torch.save(tiny_clip("rn").state_dict(), path)
+    cfg = load_run_config(
+        None,
+        [
+            f"backbone.checkpoint={path}",
+            "data.dataset=folder",
+            "method.name=visprompt",
+            "method.visual_tokens=patches",
+        ],
+    )
+    with pytest.raises(VispromptError, match="needs a ViT image tower, but .* is a ResNet; use"):
+        build_backbone(cfg)
 
 
 def test_purify_none_never_runs_the_purification_pass(vit):

@@ -19,7 +19,7 @@ only the class-name suffixes run through the layers
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -54,7 +54,6 @@ class BackboneIdentity:
     arch: str
     fingerprint: str
     source: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict:
         return {
@@ -76,8 +75,16 @@ class FrozenCLIP(nn.Module):
             only) or ``amp`` (fp32 weights, bf16 autocast on GPU).
     """
 
-    def __init__(self, model: nn.Module, identity: BackboneIdentity, precision: str = "fp32"):
+    def __init__(
+        self,
+        model: nn.Module,
+        identity: BackboneIdentity,
+        precision: str = "fp32",
+        text_encoding: str = "shared-prefix",
+        chunk_size: int | None = None,
+    ):
         super().__init__()
+
         if getattr(model, "text_pool_type", "argmax") != "argmax" or not hasattr(
             model, "token_embedding"
         ):
@@ -91,9 +98,28 @@ class FrozenCLIP(nn.Module):
             p.requires_grad_(False)
         self.model.eval()
         self.tokenizer = clip_tokenizer(int(model.context_length))
+        # Engine settings (``engine.text_encoding`` / ``engine.chunk_size``), fixed when the
+        # backbone is built: they change how the text tower runs, never its result.
         #: how ``encode_class_prompts`` runs the text tower: ``shared-prefix`` or ``truncated``
         self.text_encoding = "shared-prefix"
+        #: at most this many prompt sequences per text-encoder call (None: all at once)
+        self.chunk_size: int | None = None
         self._shared_prefix_supported: bool | None = None
+        self.with_engine(text_encoding=text_encoding, chunk_size=chunk_size)
+
+    def with_engine(
+        self, text_encoding: str = "shared-prefix", chunk_size: int | None = None
+    ) -> FrozenCLIP:
+        """Set how the text tower runs (checked here, once); returns ``self``."""
+        if text_encoding not in TEXT_ENCODINGS:
+            raise VispromptError(
+                f"unknown text encoding {text_encoding!r}; choose one of {TEXT_ENCODINGS}"
+            )
+        if chunk_size is not None and chunk_size < 1:
+            raise VispromptError(f"chunk_size must be at least 1, got {chunk_size}")
+        self.text_encoding = text_encoding
+        self.chunk_size = chunk_size
+        return self
 
     # ------------------------------------------------------------------ facts
     @property
@@ -231,17 +257,14 @@ class FrozenCLIP(nn.Module):
             ctx: (M, d) or (K, M, d) shared context, or with ``per_image=True``
                 (B, M, d) / (B, K, M, d) per-image context.
             per_image: whether ``ctx`` has a leading image dimension.
-            chunk_size: at most this many sequences per text-encoder call; blocks
-                are recomputed in the backward pass, so peak memory stays bounded
-                whatever K (and B) is.
+            chunk_size: at most this many sequences per text-encoder call (default:
+                the backbone's ``chunk_size``); blocks are recomputed in the backward
+                pass, so peak memory stays bounded whatever K (and B) is.
 
         Returns:
             (K, D), or (B, K, D) with ``per_image=True``.
         """
-        if self.text_encoding not in TEXT_ENCODINGS:
-            raise VispromptError(
-                f"unknown text encoding {self.text_encoding!r}; choose one of {TEXT_ENCODINGS}"
-            )
+        chunk_size = self.chunk_size if chunk_size is None else chunk_size
         eot = prompts.eot_index.to(base_embeddings.device)
         if self.uses_shared_prefix(prompts, ctx, per_image):
             return self._encode_shared_prefix(prompts, base_embeddings, ctx, per_image, chunk_size)

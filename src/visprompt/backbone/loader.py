@@ -518,6 +518,8 @@ def load_backbone(
     pretrained: str = "openai",
     device: str = "auto",
     precision: str = "fp32",
+    text_encoding: str = "shared-prefix",
+    chunk_size: int | None = None,
 ) -> FrozenCLIP:
     """Load a frozen CLIP backbone from a named model or local weights.
 
@@ -539,6 +541,8 @@ def load_backbone(
         pretrained: the open_clip pretrained tag used with ``download``.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         precision: ``fp32``, ``amp`` (bf16 autocast on GPU) or ``fp16`` (GPU).
+        text_encoding, chunk_size: how the text tower runs (``engine.text_encoding``,
+            ``engine.chunk_size``); fixed here, once: they never change a result.
 
     Raises:
         VispromptError: missing files (a folder without its weights included),
@@ -546,6 +550,22 @@ def load_backbone(
             activations open_clip's CLIP lacks, an ``arch`` that contradicts the
             file, shape mismatches, TorchScript without permission.
     """
+    backbone = _load_frozen(
+        name, arch, checkpoint, allow_torchscript, download, pretrained, device, precision
+    )
+    return backbone.with_engine(text_encoding=text_encoding, chunk_size=chunk_size)
+
+
+def _load_frozen(
+    name: str | None,
+    arch: str | None,
+    checkpoint: str | Path | None,
+    allow_torchscript: bool,
+    download: bool,
+    pretrained: str,
+    device: str,
+    precision: str,
+) -> FrozenCLIP:
     dev = resolve_device(device)
     if name is not None:
         if checkpoint is not None or arch is not None:

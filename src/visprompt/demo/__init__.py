@@ -17,7 +17,6 @@ Runs already finished in the output folder are reused, interrupted ones resume.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import io
 import json
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from visprompt.config import parse_override, set_dotted, validate_run_config
+from visprompt.config import apply_overrides, compose, resolve, set_value, validate_run_config
 from visprompt.engine.checkpoint import atomic_write_text
 from visprompt.engine.run import RESULT_FILE, train_run
 from visprompt.errors import VispromptError
@@ -90,7 +89,7 @@ def planned_runs(mode: Mode) -> list[tuple[str, str, float, int]]:
 
 
 def demo_config(method: str, noise: str, rate: float, seed: int, mode: Mode, extra: list[str]):
-    raw = copy.deepcopy(base_config())
+    node = compose(base_config())
     values = {
         "method.name": method,
         "noise.type": noise,
@@ -99,10 +98,9 @@ def demo_config(method: str, noise: str, rate: float, seed: int, mode: Mode, ext
         **mode.overrides,
     }
     for key, value in values.items():
-        set_dotted(raw, key.split("."), value)
-    for item in extra:  # parsed as `train --set` parses them: a bad one is a one-line error
-        set_dotted(raw, *parse_override(item))
-    return validate_run_config(raw)
+        set_value(node, key, value)
+    apply_overrides(node, extra)  # as `train --set` does: a bad one is a one-line error
+    return validate_run_config(resolve(node))
 
 
 def _run_one(cfg, folder: Path, progress: bool) -> dict:

@@ -24,21 +24,21 @@ import yaml
 
 from visprompt.backbone import FrozenCLIP, load_backbone
 from visprompt.backbone.vocabulary import check_class_names
-from visprompt.config import RunConfig, config_from_dict, diff_configs, identity_dict
+from visprompt.config import RunConfig, diff_configs, identity_dict, validate_run_config
 from visprompt.data import DATASETS
-from visprompt.data.fewshot import fewshot_splits
-from visprompt.data.images import check_unreadable
-from visprompt.data.noise import NoisyLabels, class_name_similarity, inject_noise
-from visprompt.data.types import DatasetSpec, DatasetSplits, Sample
-from visprompt.engine import checkpoint as ckpt
-from visprompt.engine.evaluate import accuracy_metrics, predict_logits
-from visprompt.engine.features import (
+from visprompt.data.features import (
     FeatureCache,
     FeatureExtractor,
     LiveFeatures,
     SplitFeatures,
     default_cache_dir,
 )
+from visprompt.data.fewshot import fewshot_splits
+from visprompt.data.images import check_unreadable
+from visprompt.data.noise import NoisyLabels, class_name_similarity, inject_noise
+from visprompt.data.types import DatasetSpec, DatasetSplits, Sample
+from visprompt.engine import checkpoint as ckpt
+from visprompt.engine.evaluate import accuracy_metrics, predict_logits
 from visprompt.engine.trainer import TrainData, Trainer
 from visprompt.errors import VispromptError
 from visprompt.methods import METHOD_REGISTRY, PromptMethod
@@ -77,8 +77,14 @@ def build_backbone(cfg: RunConfig) -> FrozenCLIP:
         pretrained=b.pretrained,
         device=b.device,
         precision=cfg.precision,
+        text_encoding=cfg.engine.text_encoding,
+        chunk_size=cfg.engine.chunk_size,
     )
-    backbone.text_encoding = cfg.engine.text_encoding
+    needs = cfg.method.requirements()
+    if needs.vit is not None and not backbone.is_vit:
+        # the config layer refuses the ResNets it knows by name; a checkpoint file's
+        # image tower is only known once it is loaded
+        raise VispromptError(needs.vit_error(backbone.identity.name))
     return backbone
 
 
@@ -154,9 +160,7 @@ def build_method(
 ) -> PromptMethod:
     entry = METHOD_REGISTRY.get(cfg.method.name)
     torch.manual_seed(cfg.train_seed)  # context initialisation
-    method = entry.cls(
-        backbone, classnames, cfg.method, templates=templates, chunk_size=cfg.engine.chunk_size
-    )
+    method = entry.cls(backbone, classnames, cfg.method, templates=templates)
     return method.to(backbone.device)
 
 
@@ -262,6 +266,18 @@ def _write_metrics(out: Path, history: list[dict]) -> None:
     ckpt.atomic_write_text(out / METRICS_FILE, text)
 
 
+def read_metrics(out: Path) -> list[dict]:
+    """The epochs in a run folder's ``metrics.jsonl``, in order (empty when there is none).
+
+    The one reader of the file :func:`_write_metrics` writes: the sweep worker,
+    the store and the tests all read epochs through it.
+    """
+    path = Path(out) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def versions() -> dict[str, str]:
     import open_clip
 
@@ -315,7 +331,7 @@ def prepare_run(cfg: RunConfig, progress: bool = True, log: Log = _stderr) -> Pr
     method = build_method(cfg, backbone, splits.classnames, spec.templates)
     extractor = FeatureExtractor(
         backbone,
-        with_patches=method.needs_patches,
+        with_patches=cfg.method.requirements().patch_tokens,
         batch_size=cfg.engine.batch_size,
         num_workers=cfg.data.num_workers,
         progress=progress,
@@ -374,7 +390,7 @@ def prepare_run(cfg: RunConfig, progress: bool = True, log: Log = _stderr) -> Pr
 
 def evaluate_test(prep: PreparedRun) -> dict[str, float]:
     logits = predict_logits(
-        prep.method, prep.test_features.clean(), prep.cfg.engine.batch_size, prep.cfg.precision
+        prep.method, prep.test_features.plain_view(), prep.cfg.engine.batch_size, prep.cfg.precision
     )
     m = accuracy_metrics(logits, prep.test_labels)
     return {"test_accuracy": m["accuracy"], "test_macro_accuracy": m["macro_accuracy"]}
@@ -597,7 +613,7 @@ def load_run(
         moved_from = (raw.get("data") or {}).get("root")
         raw.setdefault("data", {})["root"] = os.path.abspath(os.path.expanduser(str(root)))
     try:
-        cfg = config_from_dict(raw)
+        cfg = validate_run_config(raw)
     except VispromptError as exc:
         raise damaged(out, CONFIG_FILE, f"is not a valid run config ({exc})") from None
     if root is not None:
@@ -667,7 +683,7 @@ def split_samples(run: LoadedRun, split: str) -> tuple[list[Sample], torch.Tenso
 def run_features(run: LoadedRun, samples: Sequence[Sample], progress: bool = True) -> SplitFeatures:
     extractor = FeatureExtractor(
         run.backbone,
-        with_patches=run.method.needs_patches,
+        with_patches=run.cfg.method.requirements().patch_tokens,
         batch_size=run.cfg.engine.batch_size,
         num_workers=run.cfg.data.num_workers,
         progress=progress,
@@ -695,7 +711,7 @@ def evaluate_run(
     samples, labels = split_samples(run, split)
     feats = run_features(run, samples, progress)
     keep = feats.ok
-    logits = predict_logits(run.method, feats.subset(keep).clean(), run.cfg.engine.batch_size)
+    logits = predict_logits(run.method, feats.subset(keep).plain_view(), run.cfg.engine.batch_size)
     metrics = accuracy_metrics(logits, labels[keep])
     return {"split": split, "num_images": int(keep.sum()), **metrics, "status": run.status}
 
@@ -722,10 +738,10 @@ def predict_paths(
             f"image not found: {missing[0]} ({len(missing)} missing); check the paths"
         )
     extractor = FeatureExtractor(
-        run.backbone, with_patches=run.method.needs_patches, progress=progress
+        run.backbone, with_patches=run.cfg.method.requirements().patch_tokens, progress=progress
     )
     feats = extractor.extract(samples)
-    probs = predict_logits(run.method, feats.clean()).softmax(dim=-1)
+    probs = predict_logits(run.method, feats.plain_view()).softmax(dim=-1)
     k = min(topk, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=-1)
     rows = []

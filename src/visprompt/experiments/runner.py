@@ -186,7 +186,7 @@ def feature_keys(cfg: RunConfig) -> tuple[str, ...]:
         "root": cfg.data.root,
         "cache_dir": cfg.data.cache_dir,
         "allow_duplicates": cfg.data.allow_duplicates,
-        "patches": getattr(cfg.method, "visual_tokens", None) == "patches",
+        "patches": cfg.method.requirements().patch_tokens,
     }
     train = {
         **common,

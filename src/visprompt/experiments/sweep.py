@@ -22,7 +22,11 @@ A sweep file is YAML with these top-level keys (any other key is an error):
     shared grids.
 
 A value ``???`` anywhere in the base marks a setting the user must give at the
-command line (e.g. ``data.root: ???`` with ``--set data.root=/data``).
+command line (e.g. ``data.root: ???`` with ``--set data.root=/data``), and
+``${...}`` interpolations are resolved per run, after its grid values are set
+(e.g. ``data.root: /data/${data.dataset}``). Parsing, overrides, merging and
+interpolation are OmegaConf's, through the same functions as ``visprompt train``
+(:func:`visprompt.config.compose`).
 
 Command-line ``--set KEY=VALUE`` overrides apply to the base; setting a key
 that a grid varies or a grid's ``set:`` fixes is an error (the grid would
@@ -44,20 +48,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
 from visprompt.config import (
+    MISSING,
+    MissingValueError,
     RunConfig,
-    load_yaml_file,
-    parse_override,
-    read_yaml,
-    set_dotted,
+    apply_overrides,
+    check_override,
+    compose,
+    load_yaml_node,
+    resolve,
+    set_value,
     validate_run_config,
 )
 from visprompt.errors import VispromptError
 
 SWEEP_KEYS = ("name", "description", "base_config", "base", "grid", "grids")
 GRID_KEYS = ("name", "set", "grid")
-#: Placeholder for a value the user must pass with ``--set``.
-MISSING = "???"
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             with a grid, or an expanded run that is not a valid config.
     """
     path = Path(path)
-    data = load_yaml_file(path, "sweep file", "a sweep YAML file")
+    node = load_yaml_node(path, "sweep file", "a sweep YAML file")
+    # plain containers for the sweep's own keys; run configs stay unresolved until each
+    # run's grid values are set (interpolations may refer to them)
+    data = OmegaConf.to_container(node, resolve=False) if node is not None else None
     return parse_sweep(
         data, source=str(path), base_dir=path.parent, default_name=path.stem, overrides=overrides
     )
@@ -153,10 +164,10 @@ def parse_sweep(
         before = len(runs)
         for combo in itertools.product(*(grid[k] for k in keys)):
             point = {**fixed, **dict(zip(keys, combo, strict=True))}
-            raw = copy.deepcopy(base)
+            node = copy.deepcopy(base)
             for key, value in point.items():
-                set_dotted(raw, key.split("."), copy.deepcopy(value))
-            cfg = _validate(raw, point, name, grid_name)
+                set_value(node, key, copy.deepcopy(value))
+            cfg = _validate(node, point, name, grid_name)
             run_id = cfg.run_id()
             if run_id in seen:
                 duplicates += 1
@@ -174,32 +185,22 @@ def parse_sweep(
     )
 
 
-def _read_base(data: dict, source: str, base_dir: Path | None) -> dict:
-    base: dict = {}
+def _read_base(data: dict, source: str, base_dir: Path | None) -> DictConfig:
+    base = OmegaConf.create({})
     if data.get("base_config") is not None:
         ref = Path(str(data["base_config"])).expanduser()
         if not ref.is_absolute() and base_dir is not None:
             ref = base_dir / ref
-        base = read_yaml(ref)
+        base = compose(ref)
     inline = data.get("base")
     if inline is not None:
-        if not isinstance(inline, dict):
+        if not isinstance(inline, (dict, DictConfig)) or isinstance(inline, ListConfig):
             raise VispromptError(
                 f"base in sweep file {source} must be a mapping of config sections (a run "
                 "config written inline)"
             )
-        base = _deep_merge(base, inline)
+        base = OmegaConf.merge(base, compose(inline))
     return base
-
-
-def _deep_merge(under: dict, over: dict) -> dict:
-    out = copy.deepcopy(under)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def _read_grids(data: dict, source: str) -> list[tuple[str, dict[str, Any], dict[str, list]]]:
@@ -269,13 +270,12 @@ def _check_grid(grid: Any, where: str) -> dict[str, list]:
 
 
 def _apply_overrides(
-    base: dict, overrides: list[str], grids: list[tuple[str, dict, dict]], source: str
+    base: DictConfig, overrides: list[str], grids: list[tuple[str, dict, dict]], source: str
 ) -> None:
     """Apply ``--set`` overrides to the base; refuse keys that a grid would overwrite."""
     fixed_by_grids = {k for _, fixed, grid in grids for k in (*fixed, *grid)}
     for text in overrides:
-        parts, value = parse_override(text)
-        key = ".".join(parts)
+        key = check_override(text)
         clash = [k for k in fixed_by_grids if k == key or k.startswith(key + ".")]
         clash += [k for k in fixed_by_grids if key.startswith(k + ".")]
         if clash:
@@ -283,25 +283,17 @@ def _apply_overrides(
                 f"--set {key} clashes with {clash[0]}, which the sweep file {source} varies or "
                 "sets per grid; edit the grid instead"
             )
-        set_dotted(base, parts, value)
+    apply_overrides(base, overrides)
 
 
-def _missing_keys(tree: Any, prefix: str = "") -> list[str]:
-    if isinstance(tree, dict):
-        out = []
-        for key, value in tree.items():
-            out.extend(_missing_keys(value, f"{prefix}{key}."))
-        return out
-    return [prefix.rstrip(".")] if tree == MISSING else []
-
-
-def _validate(raw: dict, point: dict, sweep: str, grid: str) -> RunConfig:
-    missing = _missing_keys(raw)
-    if missing:
+def _validate(node: DictConfig, point: dict, sweep: str, grid: str) -> RunConfig:
+    try:
+        raw = resolve(node)
+    except MissingValueError as exc:
         raise VispromptError(
-            f"sweep {sweep} needs a value for {missing[0]} ({MISSING} in the sweep file); pass "
-            f"--set {missing[0]}=VALUE"
-        )
+            f"sweep {sweep} needs a value for {exc.key} ({MISSING} in the sweep file); pass "
+            f"--set {exc.key}=VALUE"
+        ) from None
     try:
         cfg = validate_run_config(raw)
         _check_names(cfg)

@@ -43,8 +43,6 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -163,48 +161,10 @@ def start_mode(run_dir: Path, config: dict, fresh: bool) -> str:
     return "fresh"
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The epochs in a run folder's ``metrics.jsonl`` (empty when there is none)."""
-    from visprompt.engine.run import METRICS_FILE
-
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-@contextmanager
-def count_feature_cache() -> Iterator[dict[str, int]]:
-    """Count the feature-cache entries computed (misses) and loaded (hits) inside the block.
-
-    ``train_run`` builds its :class:`~visprompt.engine.features.FeatureCache`
-    internally, so the counts are gathered by wrapping ``FeatureCache.get`` for
-    the duration of one run in this (single-run-at-a-time) process.
-    """
-    from visprompt.engine.features import FeatureCache
-
-    counts = {"misses": 0, "hits": 0}
-    original = FeatureCache.get
-
-    def counting_get(self, *args, **kwargs):
-        misses, hits = self.misses, self.hits
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            counts["misses"] += self.misses - misses
-            counts["hits"] += self.hits - hits
-
-    FeatureCache.get = counting_get
-    try:
-        yield counts
-    finally:
-        FeatureCache.get = original
-
-
 def execute(task: dict, store: Any, conn: Any = None) -> tuple[str, str, Any]:
     """Run one task to completion; returns the message for the parent."""
-    from visprompt.config import config_from_dict
-    from visprompt.engine.run import RESULT_FILE, train_run
+    from visprompt.config import validate_run_config
+    from visprompt.engine.run import RESULT_FILE, read_metrics, train_run
     from visprompt.errors import VispromptError
 
     run_id = task["run_id"]
@@ -220,7 +180,7 @@ def execute(task: dict, store: Any, conn: Any = None) -> tuple[str, str, Any]:
             log_file.flush()
 
         log(f"worker {os.getpid()}: run {run_id} ({mode})")
-        cfg = config_from_dict(task["config"])
+        cfg = validate_run_config(task["config"])
         if cfg.run_id() != run_id:
             raise RuntimeError(f"config of run {run_id} resolves to id {cfg.run_id()}")
         if mode == "import":
@@ -238,16 +198,16 @@ def execute(task: dict, store: Any, conn: Any = None) -> tuple[str, str, Any]:
             if conn is not None:
                 _send(conn, ("epoch", run_id, int(metrics["epoch"])))
 
-        with count_feature_cache() as counts:
-            result = train_run(
-                cfg,
-                run_dir,
-                resume=resume,
-                overwrite=not resume,
-                progress=False,
-                log=log,
-                on_epoch=on_epoch,
-            )
+        result = train_run(
+            cfg,
+            run_dir,
+            resume=resume,
+            overwrite=not resume,
+            progress=False,
+            log=log,
+            on_epoch=on_epoch,
+        )
+        counts = result["feature_cache"]  # this process's cache misses and hits
         store.finish(run_id, result, read_metrics(run_dir), counts["misses"], counts["hits"])
         log(f"recorded in {store.path}")
         return "done", run_id, _info(result, counts)

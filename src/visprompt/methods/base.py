@@ -25,35 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from visprompt.backbone import FrozenCLIP
-from visprompt.config import MethodConfig
-
-
-@dataclass
-class FeatureBatch:
-    """Frozen image features of a batch of images.
-
-    Attributes:
-        image: (B, D) L2-normalised global embeddings.
-        patches: (B, T, D) multi-scale pooled patch tokens (ViT only), when the
-            method asked for them (``needs_patches``), else None.
-    """
-
-    image: torch.Tensor
-    patches: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.image.shape[0])
-
-    def index(self, idx: torch.Tensor | slice) -> FeatureBatch:
-        return FeatureBatch(
-            image=self.image[idx], patches=None if self.patches is None else self.patches[idx]
-        )
-
-    def to(self, device: torch.device) -> FeatureBatch:
-        return FeatureBatch(
-            image=self.image.to(device, non_blocking=True),
-            patches=None if self.patches is None else self.patches.to(device, non_blocking=True),
-        )
+from visprompt.data.features import FeatureBatch
+from visprompt.method_spec import MethodConfig
 
 
 @dataclass
@@ -144,24 +117,22 @@ class PromptMethod(nn.Module):
 
     #: False for methods without parameters (zero-shot): ``train`` only evaluates.
     trainable: ClassVar[bool] = True
-    #: Prompts differ per image (B*K text sequences per step).
-    per_image: ClassVar[bool] = False
 
     def __init__(
         self,
         backbone: FrozenCLIP,
         classnames: Sequence[str],
         config: MethodConfig,
-        templates: Sequence[str] = ("a photo of a {}.",),
-        chunk_size: int | None = None,
+        templates: Sequence[str] = (),
     ) -> None:
+        """``templates``: the dataset's hand-written prompt templates (``{}`` = class name),
+        for methods that use them (zero-shot); how the text tower runs (chunks, shared
+        prefix) is the backbone's setting, not the method's."""
         super().__init__()
         # Not registered as a submodule: the method's state_dict is its prompt module only.
         self.__dict__["backbone"] = backbone
         self.classnames = tuple(classnames)
         self.config = config
-        self.templates = tuple(templates)
-        self.chunk_size = chunk_size
         self.logit_scale = backbone.logit_scale
 
     backbone: FrozenCLIP
@@ -169,10 +140,6 @@ class PromptMethod(nn.Module):
     @property
     def num_classes(self) -> int:
         return len(self.classnames)
-
-    @property
-    def needs_patches(self) -> bool:
-        return False
 
     def describe(self) -> str:
         """One line for the start of training (trainable parameter count)."""

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from visprompt.method_spec import Requirements, register_method
 from visprompt.methods.base import FeatureBatch, cosine_logits
 from visprompt.methods.coop import ContextConfig, ContextMethod
-from visprompt.methods.registry import register_method
 
 
 class CoCoOpConfig(ContextConfig):
@@ -44,6 +44,9 @@ class CoCoOpConfig(ContextConfig):
     meta_reduction: int = Field(
         16, ge=1, description="meta-net hidden width = image embedding width // meta_reduction"
     )
+
+    def requirements(self) -> Requirements:
+        return Requirements(per_image_prompts=True)
 
 
 @register_method(
@@ -57,10 +60,8 @@ class CoCoOpConfig(ContextConfig):
 class CoCoOp(ContextMethod):
     """CoCoOp: per-image context C + metanet(z), cross-entropy."""
 
-    per_image = True
-
-    def __init__(self, backbone, classnames, config: CoCoOpConfig, templates=(), chunk_size=None):
-        super().__init__(backbone, classnames, config, templates, chunk_size)
+    def __init__(self, backbone, classnames, config: CoCoOpConfig, templates=()):
+        super().__init__(backbone, classnames, config, templates)
         vis_dim = backbone.embed_dim
         hidden = max(1, vis_dim // config.meta_reduction)
         self.meta_net = nn.Sequential(

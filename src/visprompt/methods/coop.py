@@ -11,10 +11,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from visprompt.config import MethodConfig
+from visprompt.method_spec import MethodConfig, register_method
 from visprompt.methods.base import FeatureBatch, PromptMethod, cosine_logits
 from visprompt.methods.prompt_learner import ContextPrompts
-from visprompt.methods.registry import register_method
 
 
 class ContextConfig(MethodConfig):
@@ -34,8 +33,8 @@ class CoOpConfig(ContextConfig):
 class ContextMethod(PromptMethod):
     """Base of methods whose prompts are ``ContextPrompts`` shared by all images."""
 
-    def __init__(self, backbone, classnames, config: ContextConfig, templates=(), chunk_size=None):
-        super().__init__(backbone, classnames, config, templates, chunk_size)
+    def __init__(self, backbone, classnames, config: ContextConfig, templates=()):
+        super().__init__(backbone, classnames, config, templates)
         self.prompt = ContextPrompts(
             backbone,
             classnames,
@@ -44,7 +43,6 @@ class ContextMethod(PromptMethod):
             class_specific=config.class_specific,
             layout=config.class_token_position,
             init_std=config.init_std,
-            chunk_size=chunk_size,
         )
 
     def class_text_features(self) -> torch.Tensor:

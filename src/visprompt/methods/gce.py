@@ -1,7 +1,13 @@
 """CoOp trained with generalised cross-entropy (Zhang & Sabuncu, NeurIPS 2018).
 
 GCE(p, y) = (1 - p_y^q) / q interpolates between cross-entropy (q -> 0) and
-MAE (q = 1); larger q is more robust to wrong labels and slower to fit.
+MAE (q = 1); larger q is more robust to wrong labels and slower to fit. p_y^q
+is evaluated as exp(q log p_y), so the gradient stays finite when p_y
+underflows (:func:`visprompt.robust.gce_loss`).
+
+PTNL (:mod:`visprompt.methods.ptnl`) is this method with PTNL's defaults (q =
+0.5, the class-balanced noise protocol); ``loss: ce`` gives plain CoOp under
+the same options (PTNL's CE rows).
 """
 
 from __future__ import annotations
@@ -10,15 +16,16 @@ from typing import Literal
 
 from pydantic import Field
 
+from visprompt.method_spec import register_method
 from visprompt.methods.base import StepOutput, TrainBatch
 from visprompt.methods.coop import ContextConfig, ContextMethod
-from visprompt.methods.registry import register_method
-from visprompt.robust.losses import gce_loss
+from visprompt.robust.losses import cross_entropy, gce_loss
 
 
 class GCEConfig(ContextConfig):
     name: Literal["gce"] = "gce"
-    q: float = Field(0.7, gt=0.0, le=1.0, description="GCE exponent in (0, 1]")
+    loss: Literal["gce", "ce"] = Field("gce", description="gce, or ce (plain CoOp)")
+    q: float = Field(0.7, gt=0.0, le=1.0, description="GCE exponent in (0, 1] (1 = MAE)")
 
 
 @register_method(
@@ -33,4 +40,8 @@ class GCE(ContextMethod):
 
     def training_loss(self, batch: TrainBatch) -> StepOutput:
         logits = self(batch.features)
-        return StepOutput(loss=gce_loss(logits, batch.labels, q=self.config.q), logits=logits)
+        if self.config.loss == "ce":
+            loss = cross_entropy(logits, batch.labels)
+        else:
+            loss = gce_loss(logits, batch.labels, q=self.config.q)
+        return StepOutput(loss=loss, logits=logits)

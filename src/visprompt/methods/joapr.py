@@ -87,8 +87,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from visprompt.config import RunConfig
-from visprompt.errors import VispromptError
+from visprompt.method_spec import Requirements, register_method
 from visprompt.methods.base import (
     EpochContext,
     EpochPlan,
@@ -99,8 +98,6 @@ from visprompt.methods.base import (
     shuffled_batches,
 )
 from visprompt.methods.coop import ContextConfig, ContextMethod
-from visprompt.methods.ptnl import check_balanced_protocol
-from visprompt.methods.registry import register_method
 from visprompt.robust.gmm import TwoGaussians, fit_two_gaussians
 from visprompt.robust.losses import confidence_penalty, cross_entropy, soft_cross_entropy
 from visprompt.robust.purify import split_quality
@@ -157,15 +154,14 @@ class JoAPRConfig(ContextConfig):
     gmm_tol: float = Field(1e-2, gt=0.0)
     gmm_reg_covar: float = Field(5e-4, gt=0.0)
 
-
-def check_joapr(config: RunConfig) -> None:
-    check_balanced_protocol(config)
-    warm = config.method.warmup_epochs  # type: ignore[attr-defined]
-    if warm >= config.optim.epochs:
-        raise VispromptError(
-            f"method.warmup_epochs ({warm}) must be smaller than optim.epochs "
-            f"({config.optim.epochs}) so that some epochs partition the data; raise optim.epochs "
-            "or lower method.warmup_epochs"
+    def requirements(self) -> Requirements:
+        warm = self.warmup_epochs
+        return Requirements(
+            min_epochs=(
+                warm + 1,
+                f"method.warmup_epochs ({warm}) must be smaller than optim.epochs so that some "
+                "epochs partition the data; raise optim.epochs or lower method.warmup_epochs",
+            )
         )
 
 
@@ -317,21 +313,20 @@ def paired_batches(
         "optim.epochs": 200,
         "optim.batch_size": 32,
         "optim.lr": 0.002,
-        "noise.protocol": "balanced",
     },
+    noise_protocol="balanced",
     # released rn50.yaml: ALPHA2 0.5 for every dataset; PREC fp16
     reference={"method.alpha2": 0.5, "precision": "fp16"},
     text_cost="K (+ K per epoch: partition pass)",
     description="JoAPR: GMM loss partition + label refurbishment + mixup, balanced noise protocol",
-    check=check_joapr,
 )
 class JoAPR(ContextMethod):
     """JoAPR: a shared context trained on refurbished labels after a GMM partition."""
 
     config: JoAPRConfig
 
-    def __init__(self, backbone, classnames, config: JoAPRConfig, templates=(), chunk_size=None):
-        super().__init__(backbone, classnames, config, templates, chunk_size)
+    def __init__(self, backbone, classnames, config: JoAPRConfig, templates=()):
+        super().__init__(backbone, classnames, config, templates)
         self._history: list[torch.Tensor] = []
         self._threshold = float(config.initial_threshold)
         self._partitions = 0

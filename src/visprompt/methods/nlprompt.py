@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from visprompt.method_spec import register_method
 from visprompt.methods.base import EpochContext, EpochPlan, StepOutput, TrainBatch
 from visprompt.methods.coop import ContextConfig, ContextMethod
 from visprompt.methods.ot_training import OTConfig, ot_epoch_plan, ot_loss
-from visprompt.methods.registry import register_method
 
 
 class NLPromptConfig(ContextConfig, OTConfig):

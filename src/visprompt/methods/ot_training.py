@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
-from visprompt.config import MethodConfig
+from visprompt.method_spec import MethodConfig
 from visprompt.methods.base import EpochContext, EpochPlan, loader_drop_last, shuffled_batches
 from visprompt.robust.losses import cross_entropy, mae_loss
 from visprompt.robust.purify import PurifyResult, budget_at, purify, split_quality

@@ -30,7 +30,6 @@ class ContextPrompts(nn.Module):
         class_specific: one context per class (CoOp's CSC) instead of one shared.
         layout: class token position, ``end`` (default), ``middle`` or ``front``.
         init_std: standard deviation of the random initialisation.
-        chunk_size: text-encoder chunk size for per-image prompts.
     """
 
     def __init__(
@@ -42,7 +41,6 @@ class ContextPrompts(nn.Module):
         class_specific: bool = False,
         layout: str = "end",
         init_std: float = 0.02,
-        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         self.__dict__["backbone"] = backbone
@@ -60,7 +58,6 @@ class ContextPrompts(nn.Module):
             shape = (len(classnames), m, width) if class_specific else (m, width)
             ctx = torch.randn(shape, device=backbone.device) * init_std
         self.ctx = nn.Parameter(ctx)
-        self.chunk_size = chunk_size
 
     backbone: FrozenCLIP
 
@@ -75,16 +72,12 @@ class ContextPrompts(nn.Module):
     def text_features(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
         """(K, D) normalised text features of the prompts with ``ctx`` (default: own)."""
         ctx = self.ctx if ctx is None else ctx
-        feats = self.backbone.encode_class_prompts(
-            self.prompts, self._base(), ctx, per_image=False, chunk_size=self.chunk_size
-        )
+        feats = self.backbone.encode_class_prompts(self.prompts, self._base(), ctx, per_image=False)
         return F.normalize(feats.float(), dim=-1)
 
     def per_image_text_features(self, ctx: torch.Tensor) -> torch.Tensor:
         """(B, K, D) normalised text features of per-image contexts (B, M, d) or (B, K, M, d)."""
-        feats = self.backbone.encode_class_prompts(
-            self.prompts, self._base(), ctx, per_image=True, chunk_size=self.chunk_size
-        )
+        feats = self.backbone.encode_class_prompts(self.prompts, self._base(), ctx, per_image=True)
         return F.normalize(feats.float(), dim=-1)
 
     def _base(self) -> torch.Tensor:

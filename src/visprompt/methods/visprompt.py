@@ -32,11 +32,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
-from visprompt.config import RunConfig
-from visprompt.errors import VispromptError
+from visprompt.method_spec import Requirements, register_method
 from visprompt.methods.base import (
     EpochContext,
     EpochPlan,
@@ -47,7 +46,6 @@ from visprompt.methods.base import (
 )
 from visprompt.methods.coop import ContextConfig, ContextMethod
 from visprompt.methods.ot_training import OTConfig, ot_epoch_plan, ot_loss
-from visprompt.methods.registry import register_method
 
 #: Number of pooled patch tokens of the multi-scale option (1x1 + 2x2 + 4x4).
 NUM_PATCH_TOKENS = 21
@@ -66,28 +64,32 @@ class VisPromptConfig(ContextConfig, OTConfig):
     gate: bool = True
     visual_tokens: Literal["pool", "patches"] = "pool"
 
+    @model_validator(mode="after")
+    def _consistent(self) -> VisPromptConfig:
+        if self.class_specific:
+            raise ValueError(
+                "visprompt shifts one shared context per image; set method.class_specific=false"
+            )
+        if self.hidden_dim % self.heads:
+            raise ValueError(
+                f"method.hidden_dim ({self.hidden_dim}) must be divisible by method.heads "
+                f"({self.heads})"
+            )
+        if self.visual_tokens == "patches" and not self.attention:
+            raise ValueError(
+                "method.visual_tokens=patches feeds the cross-attention, which is off; "
+                "set method.attention=true or method.visual_tokens=pool"
+            )
+        return self
 
-def _check(config: RunConfig) -> None:
-    m = config.method
-    if m.class_specific:
-        raise VispromptError(
-            "visprompt shifts one shared context per image; set method.class_specific=false"
-        )
-    if m.hidden_dim % m.heads:
-        raise VispromptError(
-            f"method.hidden_dim ({m.hidden_dim}) must be divisible by method.heads ({m.heads})"
-        )
-    if m.visual_tokens == "patches" and not m.attention:
-        raise VispromptError(
-            "method.visual_tokens=patches feeds the cross-attention, which is off; "
-            "set method.attention=true or method.visual_tokens=pool"
-        )
-    backbone = config.backbone
-    name = (backbone.name or backbone.arch or "").lower()
-    if m.visual_tokens == "patches" and (name.startswith("rn") or name == "tiny-rn"):
-        raise VispromptError(
-            f"method.visual_tokens=patches needs a ViT image tower, but {name!r} is a ResNet; "
-            "use method.visual_tokens=pool"
+    def requirements(self) -> Requirements:
+        patches = self.visual_tokens == "patches"
+        return Requirements(
+            vit=("method.visual_tokens=patches", "use method.visual_tokens=pool")
+            if patches
+            else None,
+            patch_tokens=patches,
+            per_image_prompts=True,
         )
 
 
@@ -198,27 +200,13 @@ def reliability_signal(logits: torch.Tensor) -> torch.Tensor:
     },
     text_cost="B·K + K (+ N·K per epoch: purification)",
     description="VisPrompt: vision-guided prompts (cross-attention + FiLM gate) + NLPrompt OT",
-    check=_check,
 )
 class VisPrompt(ContextMethod):
     """VisPrompt: per-image prompts conditioned on visual evidence, trained with OT purification."""
 
-    per_image = True
-
-    def __init__(
-        self, backbone, classnames, config: VisPromptConfig, templates=(), chunk_size=None
-    ):
-        super().__init__(backbone, classnames, config, templates, chunk_size)
-        if config.visual_tokens == "patches" and not backbone.is_vit:
-            raise VispromptError(
-                f"method.visual_tokens=patches needs a ViT image tower, but backbone "
-                f"{backbone.identity.name!r} is a ResNet; use method.visual_tokens=pool"
-            )
+    def __init__(self, backbone, classnames, config: VisPromptConfig, templates=()):
+        super().__init__(backbone, classnames, config, templates)
         self.visual = VisualPromptModule(backbone.embed_dim, self.prompt.width, config)
-
-    @property
-    def needs_patches(self) -> bool:
-        return self.config.visual_tokens == "patches"
 
     def describe(self) -> str:
         base = self.prompt.ctx.numel()

@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from visprompt.backbone import clean_classname
-from visprompt.config import MethodConfig
+from visprompt.method_spec import MethodConfig, register_method
 from visprompt.methods.base import FeatureBatch, PromptMethod, cosine_logits
-from visprompt.methods.registry import register_method
 
 
 class ZeroShotConfig(MethodConfig):
@@ -34,15 +33,14 @@ class ZeroShot(PromptMethod):
 
     trainable = False
 
-    def __init__(self, backbone, classnames, config: ZeroShotConfig, templates=(), chunk_size=None):
-        super().__init__(backbone, classnames, config, templates, chunk_size)
+    def __init__(self, backbone, classnames, config: ZeroShotConfig, templates=()):
+        super().__init__(backbone, classnames, config, templates)
         used = tuple(config.templates or templates or ("a photo of a {}.",))
         feats = []
         for name in self.classnames:
             texts = [t.format(clean_classname(name)) for t in used]
             feats.append(F.normalize(backbone.encode_text(texts).mean(0), dim=-1))
         self.register_buffer("text", torch.stack(feats), persistent=False)
-        self.used_templates = used
 
     def class_text_features(self) -> torch.Tensor:
         return self.text
