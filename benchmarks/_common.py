@@ -4,8 +4,7 @@
   pretrained=None)``: nothing is downloaded), wrapped as the engine wraps them;
 * Food-101's 101 class names (the suffix lengths of real prompts matter for
   shared-prefix encoding), extended for K > 101;
-* the methods compared: CoOp, and VisPrompt when it is registered (else a
-  CoCoOp-like "visprompt-like" method with the same B x K per-image text path);
+* the methods compared: CoOp and VisPrompt (per-image prompts: B x K text sequences);
 * one training step done the reference implementations' way (77-token prompts,
   image tower on freshly augmented images, all prompts of a call in one batch)
   and one done our way (cached features, the engine's text encoding, chunks);
@@ -33,8 +32,7 @@ from visprompt.config import EngineConfig, OptimConfig
 from visprompt.engine.evaluate import autocast_context
 from visprompt.engine.optim import build_optimizer
 from visprompt.methods import METHOD_REGISTRY, FeatureBatch, PromptMethod, TrainBatch
-from visprompt.methods.base import cosine_logits
-from visprompt.methods.coop import ContextMethod, CoOp, CoOpConfig
+from visprompt.methods.coop import CoOp, CoOpConfig
 
 #: The 101 class folders of Food-101 (and Food-101N), in the dataset's order.
 FOOD101 = [
@@ -239,32 +237,6 @@ def median(values: Sequence[float]) -> float:
 # ------------------------------------------------------------------------------- methods
 
 
-class VisPromptLike(ContextMethod):
-    """Per-image prompts C_b = C + W z_b (a CoCoOp-style shift of the shared context).
-
-    Stands in for VisPrompt when that method is not registered: it runs the same
-    B x K per-image text path (one (B, M, d) context per image, shared by its K
-    prompts) with a trivially cheap prompt module.
-    """
-
-    per_image = True
-
-    def __init__(self, backbone, classnames, config, templates=(), chunk_size=None):
-        super().__init__(backbone, classnames, config, templates, chunk_size)
-        self.shift = nn.Linear(backbone.embed_dim, self.prompt.width)
-        nn.init.normal_(self.shift.weight, std=0.02)
-
-    def class_text_features(self) -> torch.Tensor | None:
-        return None
-
-    def forward(
-        self, features: FeatureBatch, text_features: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        ctx = self.prompt.ctx.unsqueeze(0) + self.shift(features.image.float()).unsqueeze(1)
-        text = self.prompt.per_image_text_features(ctx)
-        return cosine_logits(features.image, text, self.logit_scale)
-
-
 def make_method(
     name: str, backbone: FrozenCLIP, classnames: Sequence[str], chunk_size: int | None
 ) -> tuple[PromptMethod, str]:
@@ -273,15 +245,12 @@ def make_method(
     if name == "coop":
         method: PromptMethod = CoOp(backbone, classnames, CoOpConfig(), chunk_size=chunk_size)
         label = "coop"
-    elif name == "visprompt" and "visprompt" in METHOD_REGISTRY:
+    elif name == "visprompt":
         entry = METHOD_REGISTRY.get("visprompt")
         # Dropout off so the two paths see the same numbers; it acts on B x M x d values.
         config = entry.config_cls(name="visprompt", dropout=0.0)
         method = entry.cls(backbone, classnames, config, chunk_size=chunk_size)
         label = "visprompt"
-    elif name == "visprompt":
-        method = VisPromptLike(backbone, classnames, CoOpConfig(), chunk_size=chunk_size)
-        label = "visprompt-like (VisPrompt not registered)"
     else:
         raise SystemExit(f"unknown method {name!r}")
     return method.to(backbone.device), label

@@ -5,8 +5,7 @@ for K > 101 so that prompt lengths do not change with K) and chunk size in
 {``--chunk-size`` (default 256), none}, plus ``--chunked-only`` K (default 1000)
 with chunks only,
 a fresh child process builds ViT-B/16 (random weights), the visprompt method
-(the real one when registered, else the visprompt-like stand-in) and cached
-image features, then runs one training step (forward, backward, SGD step) with
+and cached image features, then runs one training step (forward, backward, SGD step) with
 the engine's default shared-prefix text encoding.
 
 How memory is measured (torch's CPU allocator keeps no statistics, and

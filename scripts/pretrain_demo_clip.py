@@ -58,6 +58,8 @@ from visprompt.backbone.demo import (
 from visprompt.backbone.frozen_clip import clip_tokenizer
 from visprompt.backbone.text_encoder import encode_truncated
 from visprompt.data.datasets import synthetic_shapes
+from visprompt.data.fewshot import sample_few_shot
+from visprompt.data.noise import inject_noise
 from visprompt.data.synthetic import (
     DOWNSTREAM_WORLD,
     PRETRAIN_WORLD,
@@ -68,6 +70,7 @@ from visprompt.data.synthetic import (
     generate,
     generate_class_balanced,
 )
+from visprompt.data.types import Sample
 
 MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
 STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
@@ -189,23 +192,20 @@ def linear_probe(
     return float((clf.predict(test_x) == test_y).mean())
 
 
-def symmetric_noise(labels: np.ndarray, rate: float, k: int, seed: int) -> np.ndarray:
-    """floor(rate * N) labels, chosen at random, each moved to a different random class."""
-    rng = np.random.default_rng(seed)
-    noisy = labels.copy()
-    flip = rng.choice(len(labels), size=int(rate * len(labels)), replace=False)
-    noisy[flip] = (labels[flip] + rng.integers(1, k, size=len(flip))) % k
-    return noisy
-
-
 def few_shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.concatenate(
-        [
-            rng.choice(np.flatnonzero(labels == c), size=shots, replace=False)
-            for c in np.unique(labels)
-        ]
-    )
+    """Indices into the train pool of the images a run with this seed trains on.
+
+    The library's sampler on the dataset's own file names (it sorts each class by
+    path), so the probe sees exactly the few-shot set of ``visprompt train`` on
+    ``synthetic-shapes``, in the trainer's (label, path) order.
+    """
+    paths = synthetic_shapes.relative_paths("train", labels)
+    pool = [
+        Sample(path=p, label=int(y), classname=SHAPES[int(y)])
+        for p, y in zip(paths, labels, strict=True)
+    ]
+    where = {p: i for i, p in enumerate(paths)}
+    return np.array([where[s.path] for s in sample_few_shot(pool, shots, seed)])
 
 
 class PairBatches(torch.utils.data.Dataset):
@@ -264,7 +264,7 @@ class EvalSets:
             idx = few_shot_indices(self.train_labels, shots, seed)
             y = self.train_labels[idx]
             clean.append(linear_probe(train[idx], y, test, self.down_labels))
-            y_noisy = symmetric_noise(y, 0.5, k, seed)
+            y_noisy = inject_noise(y, k, "sym", 0.5, seed).noisy  # the trainer's sym noise
             noisy.append(linear_probe(train[idx], y_noisy, test, self.down_labels))
         return {"probe_clean": clean, "probe_sym50": noisy}
 
@@ -523,10 +523,11 @@ During pretraining (same sets; loss of the batch at that step):
 ## Downstream few-shot (`synthetic-shapes`, 16 shots/class)
 
 Measured by this script: logistic regression (scikit-learn, C = 1) on the
-frozen, normalised image features of 16 training images per class drawn from
-the train pool, tested on the 700 test images; mean ± std over few-shot seeds
-1, 2, 3; noise as the trainer's `sym` (floor(0.5 N) labels moved to another
-random class).
+frozen, normalised image features of the 16 training images per class that
+`visprompt train` draws from the train pool with the same seed
+(`visprompt.data.fewshot`), tested on the 700 test images; mean ± std over
+few-shot seeds 1, 2, 3; noise injected by `visprompt.data.noise` as the
+trainer's `sym` (floor(0.5 N) labels moved to another random class).
 
 | features + classifier | clean labels | 50% symmetric noise |
 | --- | --- | --- |

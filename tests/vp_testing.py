@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from visprompt.engine.run import read_metrics
+
 #: Colours of the generated classes: easy to tell apart, so learning is visible.
 COLOURS = {
     "red": (220, 30, 30),
@@ -103,10 +105,6 @@ def train_command(out: Path, overrides: list[str], *extra: str) -> list[str]:
     return cmd + list(extra)
 
 
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def kill_then_resume(
     command: Callable[..., list[str]], tmp: Path, min_epochs: int, total_epochs: int
 ) -> tuple[Path, Path]:
@@ -124,8 +122,7 @@ def kill_then_resume(
     )
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
-        path = killed / "metrics.jsonl"
-        if path.is_file() and len(path.read_text().splitlines()) >= min_epochs:
+        if len(read_metrics(killed)) >= min_epochs:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)

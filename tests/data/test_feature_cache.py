@@ -13,9 +13,9 @@ from PIL import Image
 from vp_testing import rel_err
 
 from visprompt.backbone import load_backbone
+from visprompt.data import features as features_mod
+from visprompt.data.features import FeatureCache, FeatureExtractor
 from visprompt.data.types import Sample
-from visprompt.engine import features as features_mod
-from visprompt.engine.features import FeatureCache, FeatureExtractor
 
 
 @pytest.fixture(scope="module")

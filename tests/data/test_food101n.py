@@ -16,7 +16,7 @@ def test_reads_train_from_food101n_and_test_from_food101(make_food101n):
     data = make_food101n(noisy_per_class=5)
     spec = DATASETS.get("food101n")
     splits = spec.read(data)
-    assert spec.real_noise and splits.real_noise
+    assert splits.real_noise
     assert spec.templates == ("a photo of {}, a type of food.",)
     assert splits.classnames == FOOD
     assert splits.sizes() == {"train": 15, "val": 6, "test": 6}

@@ -13,16 +13,12 @@ from vp_testing import assert_same_run, kill_then_resume, run_overrides, train_c
 
 from visprompt.cli import main
 from visprompt.config import load_run_config
-from visprompt.engine import features as features_mod
+from visprompt.data import features as features_mod
 from visprompt.engine.optim import lr_factor
-from visprompt.engine.run import evaluate_run, predict_paths, train_run
+from visprompt.engine.run import evaluate_run, predict_paths, read_metrics, train_run
 from visprompt.errors import VispromptError
 
 QUIET = {"progress": False, "log": lambda message: None}
-
-
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_coop_learns_and_writes_the_run_folder(colour_dataset, tmp_path):

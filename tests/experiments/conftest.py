@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
@@ -38,13 +37,6 @@ def db_rows(db: Path, sql: str, args: tuple = ()) -> list[dict]:
         return [dict(r) for r in conn.execute(sql, args)]
     finally:
         conn.close()
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def cache_entries(cache: Path) -> list[Path]:

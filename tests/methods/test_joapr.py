@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 
 import numpy as np
@@ -16,7 +15,7 @@ from vp_testing import assert_same_run, kill_then_resume, rel_err, run_overrides
 
 from visprompt.backbone import load_backbone
 from visprompt.config import load_run_config
-from visprompt.engine.run import train_run
+from visprompt.engine.run import read_metrics, train_run
 from visprompt.errors import VispromptError
 from visprompt.methods import METHOD_REGISTRY
 from visprompt.methods.base import EpochContext, FeatureBatch, TrainBatch
@@ -317,7 +316,7 @@ def test_trains_on_the_colour_dataset_at_half_noise(colour_dataset, tmp_path, pr
         **{"noise.type": noise_type, "noise.rate": 0.5, "noise.protocol": protocol},
     )  # 3 epochs: 1 warm-up + 2 partitioned
     result = train_run(load_run_config(None, over), tmp_path / "r", **QUIET)
-    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "r")
     assert len(rows) == 3 and "ce" in rows[0] and "joapr_threshold" not in rows[0]
     for row in rows[1:]:
         assert {"soft_ce", "prior_kl", "joapr_threshold", "purify_clean_fraction"} <= set(row)

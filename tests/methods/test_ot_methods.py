@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from vp_testing import (
 from visprompt.config import load_run_config
 from visprompt.engine import run as run_mod
 from visprompt.engine.run import evaluate_run, train_run
+from visprompt.engine.run import read_metrics as metrics
 from visprompt.experiments.label_issues import export_label_issues
 from visprompt.methods.base import EpochContext
 from visprompt.methods.nlprompt import NLPromptConfig
@@ -40,10 +40,6 @@ def write_yaml(path: Path, overrides: list[str]) -> Path:
         node[parts[-1]] = yaml.safe_load(value)
     path.write_text(yaml.safe_dump(tree))
     return path
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("method", ["gce", "nlprompt", "visprompt"])

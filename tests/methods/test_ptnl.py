@@ -74,7 +74,7 @@ def test_reference_defaults_and_balanced_protocol_by_default(colour_dataset):
 
 @pytest.mark.parametrize("protocol,noise_type", [("relabel", "sym"), ("balanced", "asym")])
 def test_trains_on_the_colour_dataset_at_half_noise(colour_dataset, tmp_path, protocol, noise_type):
-    from visprompt.engine.run import train_run
+    from visprompt.engine.run import read_metrics, train_run
 
     over = run_overrides(
         colour_dataset,
@@ -82,7 +82,7 @@ def test_trains_on_the_colour_dataset_at_half_noise(colour_dataset, tmp_path, pr
         **{"noise.type": noise_type, "noise.rate": 0.5, "noise.protocol": protocol},
     )
     result = train_run(load_run_config(None, over), tmp_path / "r", progress=False, log=print)
-    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "r")
     assert len(rows) == 3 and result["num_noisy"] == 16 and result["noise_protocol"] == protocol
     trainset = json.loads((tmp_path / "r" / "trainset.json").read_text())
     given, true = trainset["given_labels"], trainset["true_labels"]

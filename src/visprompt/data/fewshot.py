@@ -15,26 +15,12 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from visprompt.data.types import DatasetSplits, Sample
+from visprompt.data.validation import check_seed, check_shots
 from visprompt.errors import VispromptError
 
 #: CoOp's cap on few-shot validation images per class.
 MAX_VAL_SHOTS = 4
 _TRAIN_STREAM, _VAL_STREAM = 0, 1
-
-
-def _check_shots(shots: object, key: str) -> int:
-    if not isinstance(shots, int | np.integer) or isinstance(shots, bool) or shots < 1:
-        raise VispromptError(
-            f"{key} is {shots!r}; set it to a positive whole number of images per class, or null "
-            f"to use every image"
-        )
-    return int(shots)
-
-
-def _check_seed(seed: object) -> int:
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise VispromptError(f"seed {seed!r} is not a whole number >= 0; set seed to e.g. 1")
-    return int(seed)
 
 
 def _group(samples: Iterable[Sample]) -> dict[int, list[Sample]]:
@@ -54,7 +40,7 @@ def _draw(
     classnames: Sequence[str] | None = None,
     held_out: dict[int, list[Sample]] | None = None,
 ) -> tuple[Sample, ...]:
-    seed = _check_seed(seed)
+    """Draw from each class (the callers have checked ``shots`` and ``seed``)."""
     labels = sorted(set(by_label) | set(range(len(classnames or ()))))
     chosen: list[Sample] = []
     for label in labels:
@@ -104,7 +90,7 @@ def sample_few_shot(
             fewer than ``shots`` images and ``allow_fewer`` is False (the
             message names the class, its count and the fix).
     """
-    shots = _check_shots(shots, "data.shots")
+    shots, seed = check_shots(shots), check_seed(seed)
     return _draw(_group(samples), shots, seed, _TRAIN_STREAM, allow_fewer, "training")
 
 
@@ -136,9 +122,9 @@ def fewshot_splits(
     """
     if shots is None:
         return splits
-    shots = _check_shots(shots, "data.shots")
+    shots, seed = check_shots(shots), check_seed(seed)
     v_shots = (
-        min(shots, MAX_VAL_SHOTS) if val_shots is None else _check_shots(val_shots, "val shots")
+        min(shots, MAX_VAL_SHOTS) if val_shots is None else check_shots(val_shots, "val shots")
     )
     train = _draw(
         _group(splits.train),

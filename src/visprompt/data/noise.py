@@ -8,7 +8,11 @@ replacement from all N, receive a wrong label:
 - ``asym-semantic``: the most similar other class, by cosine similarity of
   the backbone's text embeddings of the class names (:func:`class_name_similarity`);
 - ``none``: no noise (the rate must be 0);
-- ``real``: labels kept as given, e.g. Food-101N's web labels (the rate is ignored).
+- ``real``: labels kept as given, e.g. Food-101N's web labels (the rate must be 0).
+
+This module owns the list of noise types (:data:`NoiseType`, :data:`NOISE_TYPES`)
+and the one check of a (type, rate) pair (:func:`check_noise`); the config layer
+and the balanced protocol use both.
 
 The true labels are returned alongside for evaluating purification; training
 must only ever see ``noisy``.
@@ -20,18 +24,22 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
 from visprompt.data.types import Sample
+from visprompt.data.validation import check_seed
 from visprompt.errors import VispromptError
 
 if TYPE_CHECKING:
     from visprompt.backbone import FrozenCLIP
 
-NOISE_TYPES = ("none", "real", "sym", "asym", "asym-semantic")
-_FLIPPING = ("sym", "asym", "asym-semantic")
+#: The noise types, as a type for typed configs; :data:`NOISE_TYPES` lists the same names.
+NoiseType = Literal["none", "real", "sym", "asym", "asym-semantic"]
+NOISE_TYPES: tuple[str, ...] = get_args(NoiseType)
+#: The types that change labels; the others take rate 0.
+FLIPPING_NOISE_TYPES: tuple[str, ...] = ("sym", "asym", "asym-semantic")
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,13 +95,22 @@ def semantic_flip_targets(similarity: np.ndarray) -> np.ndarray:
     return sim.argmax(axis=1).astype(np.int64)
 
 
-def _check_type_and_rate(noise_type: str, rate: float) -> float:
+def check_noise(noise_type: str, rate: object) -> float:
+    """The rate as a ``float`` when (``noise_type``, ``rate``) is a valid pair, else an error.
+
+    Valid: a type of :data:`NOISE_TYPES`, a rate in [0, 1), and rate 0 for the
+    types that inject nothing (``none``, ``real``).
+
+    Raises:
+        VispromptError: an unknown type, a rate that is not a number or lies
+            outside [0, 1) (NaN included), or a non-zero rate with ``none``/``real``.
+    """
     if noise_type not in NOISE_TYPES:
         raise VispromptError(
             f"unknown noise type {noise_type!r}; choose one of {', '.join(NOISE_TYPES)}"
         )
     try:
-        value = float(rate)
+        value = float(rate)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise VispromptError(
             f"noise rate {rate!r} is not a number; set noise.rate to a value in [0, 1) such as 0.25"
@@ -102,10 +119,10 @@ def _check_type_and_rate(noise_type: str, rate: float) -> float:
         raise VispromptError(
             f"noise rate {rate} is outside [0, 1); set noise.rate to a value in [0, 1) such as 0.25"
         )
-    if noise_type == "none" and value != 0.0:
+    if noise_type not in FLIPPING_NOISE_TYPES and value != 0.0:
         raise VispromptError(
-            f"noise type 'none' takes rate 0 (got {rate}); set noise.rate to 0 or choose a noise "
-            f"type such as sym"
+            f"noise type {noise_type!r} injects no noise, so its rate must be 0 (got {rate}); "
+            "set noise.rate to 0 or choose sym, asym or asym-semantic"
         )
     return value
 
@@ -134,18 +151,18 @@ def inject_noise(
 
     Raises:
         VispromptError: unknown type, rate outside [0, 1), a non-zero rate with
-            ``none``, a flipping type with fewer than two classes, a negative seed.
+            ``none`` or ``real``, a flipping type with fewer than two classes, a
+            negative seed.
         ValueError: labels outside 0..K-1, or a missing/misshaped
             ``similarity`` for ``asym-semantic`` (programming errors).
     """
-    value = _check_type_and_rate(noise_type, rate)
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise VispromptError(f"seed {seed!r} is not a whole number >= 0; set seed to e.g. 1")
+    value = check_noise(noise_type, rate)
+    seed = check_seed(seed)
     true = np.asarray(labels, dtype=np.int64).reshape(-1).copy()
     if true.size and (true.min() < 0 or true.max() >= num_classes):
         raise ValueError(f"labels must lie in 0..{num_classes - 1}")
     noisy = true.copy()
-    if noise_type in _FLIPPING:
+    if noise_type in FLIPPING_NOISE_TYPES:
         if num_classes < 2:
             raise VispromptError(
                 f"noise type {noise_type!r} needs at least 2 classes (got {num_classes}); use "

@@ -87,8 +87,9 @@ from fractions import Fraction
 import numpy as np
 
 from visprompt.data.fewshot import MAX_VAL_SHOTS
-from visprompt.data.noise import NoisyLabels
+from visprompt.data.noise import NoisyLabels, check_noise
 from visprompt.data.types import DatasetSplits, Sample
+from visprompt.data.validation import check_seed, check_shots
 from visprompt.errors import VispromptError
 
 #: Noise types the balanced protocol understands.
@@ -112,29 +113,15 @@ def _check_args(shots: object, noise_type: str, rate: object, seed: object) -> t
             "noise.protocol balanced needs a number of shots per class; set data.shots (e.g. 16) "
             "or use noise.protocol relabel"
         )
-    if not isinstance(shots, int | np.integer) or isinstance(shots, bool) or shots < 1:
-        raise VispromptError(f"data.shots is {shots!r}; set it to a positive whole number")
-    if noise_type not in BALANCED_NOISE_TYPES:
+    shots = check_shots(shots)
+    value = check_noise(noise_type, rate)
+    if noise_type not in BALANCED_NOISE_TYPES:  # what this protocol adds to the common rules
         raise VispromptError(
             f"noise type {noise_type!r} is not available with noise.protocol balanced; choose "
             f"one of {', '.join(BALANCED_NOISE_TYPES)} or use noise.protocol relabel"
         )
-    try:
-        value = float(rate)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise VispromptError(
-            f"noise rate {rate!r} is not a number; set noise.rate to a value in [0, 1)"
-        ) from None
-    if not 0.0 <= value < 1.0:
-        raise VispromptError(f"noise rate {rate} is outside [0, 1); set noise.rate to e.g. 0.5")
-    if noise_type in ("none", "real") and value != 0.0:
-        raise VispromptError(
-            f"noise type {noise_type!r} injects no noise but noise.rate is {rate}; set the rate "
-            "to 0 or choose sym or asym"
-        )
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise VispromptError(f"seed {seed!r} is not a whole number >= 0; set seed to e.g. 1")
-    return int(shots), value
+    check_seed(seed)
+    return shots, value
 
 
 def _class_images(splits: DatasetSplits) -> list[list[Sample]]:
@@ -273,9 +260,11 @@ def balanced_noisy_fewshot(
             f"noise type {noise_type!r} needs at least 2 classes (got {k}); use noise.type none "
             "or a dataset with more classes"
         )
-    v_shots = min(shots, MAX_VAL_SHOTS) if val_shots is None else val_shots
-    if not isinstance(v_shots, int | np.integer) or isinstance(v_shots, bool) or v_shots < 0:
-        raise VispromptError(f"val shots {val_shots!r} is not a whole number >= 0; set e.g. 4")
+    v_shots = (
+        min(shots, MAX_VAL_SHOTS)
+        if val_shots is None
+        else check_shots(val_shots, "val shots", minimum=0)
+    )
     names = splits.classnames
     fix = "lower data.shots or noise.rate, add images, or use noise.protocol relabel"
     if strict:

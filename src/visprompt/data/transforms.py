@@ -1,4 +1,4 @@
-"""Image transforms with CoOp/Dassl's defaults (torchvision v2, v1 as a fallback).
+"""Image transforms with CoOp/Dassl's defaults, built from torchvision's v2 transforms.
 
 - train: RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3/4, 4/3), bicubic)
   -> RandomHorizontalFlip(0.5) -> to float tensor in [0, 1] -> Normalize(mean, std);
@@ -15,17 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-
-try:  # torchvision >= 0.16
-    from torchvision.transforms import v2 as T
-
-    _V2 = True
-except ImportError:  # pragma: no cover - old torchvision
-    from torchvision import transforms as T
-
-    _V2 = False
-
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
 
 from visprompt.errors import VispromptError
 
@@ -38,9 +29,7 @@ TRANSFORM_VERSION = 1
 
 def _to_tensor() -> list:
     # v2 spells ToTensor as ToImage + ToDtype(scale=True): same values, no deprecation.
-    if _V2:
-        return [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
-    return [T.ToTensor()]  # pragma: no cover
+    return [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
 
 
 def _check(image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:

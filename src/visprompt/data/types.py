@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -71,7 +71,6 @@ class DatasetSpec:
         read: ``read(root, seed=...) -> DatasetSplits``; raises ``VispromptError``
             naming the missing file or folder.
         templates: CoOp's hand-written zero-shot templates (``{}`` = class name).
-        real_noise: the training labels carry real (unknown) noise.
         needs_root: False for generated datasets that live in a cache folder.
         options: ``data.*`` options the reader takes as keyword arguments
             (e.g. ``allow_duplicates`` for CSV files); others are not passed.
@@ -82,10 +81,8 @@ class DatasetSpec:
     layout: str
     read: Callable[..., DatasetSplits]
     templates: tuple[str, ...] = ("a photo of a {}.",)
-    real_noise: bool = False
     needs_root: bool = True
     options: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict)
 
 
 def resolve_root(root: str | Path | None) -> Path | None:

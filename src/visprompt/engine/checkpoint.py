@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from visprompt.errors import VispromptError
+from visprompt.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported
 
 STATE_FILE = "state.pt"
 WEIGHTS_FILE = "prompt.safetensors"
@@ -55,32 +55,6 @@ def check_writable(path: str | Path, option: str, kind: str = "file") -> None:
             f"{option} {path} cannot be written: folder {ancestor} is not writable; "
             "choose a writable location"
         )
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates the file 0600; a written file must follow the umask like any
-        # other tool's (0644 under umask 022), or colleagues cannot read a run's results.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def rng_state() -> dict[str, Any]:

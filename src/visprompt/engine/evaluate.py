@@ -6,7 +6,8 @@ import contextlib
 
 import torch
 
-from visprompt.methods.base import FeatureBatch, PromptMethod
+from visprompt.data.features import FeatureBatch
+from visprompt.methods.base import PromptMethod
 
 
 def autocast_context(device: torch.device, precision: str):

@@ -16,11 +16,11 @@ import torch
 from tqdm.auto import tqdm
 
 from visprompt.config import OptimConfig
+from visprompt.data.features import FeatureBatch, LiveFeatures, SplitFeatures
 from visprompt.engine.evaluate import autocast_context, predict_logits
-from visprompt.engine.features import LiveFeatures, SplitFeatures
 from visprompt.engine.optim import build_optimizer
 from visprompt.errors import VispromptError
-from visprompt.methods.base import EpochContext, FeatureBatch, PromptMethod, TrainBatch
+from visprompt.methods.base import EpochContext, PromptMethod, TrainBatch
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -100,7 +100,7 @@ class Trainer:
     def predict_train(self) -> torch.Tensor:
         """(N, K) probabilities of the training set under the current model (clean view)."""
         logits = predict_logits(
-            self.method, self.data.features.clean(), self.eval_batch_size, self.precision
+            self.method, self.data.features.plain_view(), self.eval_batch_size, self.precision
         )
         return logits.softmax(dim=-1)
 

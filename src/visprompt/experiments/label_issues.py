@@ -68,7 +68,9 @@ def find_label_issues(
     samples, data = run.train_samples()
     given = torch.tensor(data["given_labels"], dtype=torch.long)
     feats = run_features(run, samples, progress=progress)
-    probs = predict_logits(run.method, feats.clean(), run.cfg.engine.batch_size).softmax(dim=-1)
+    probs = predict_logits(run.method, feats.plain_view(), run.cfg.engine.batch_size).softmax(
+        dim=-1
+    )
     predicted = probs.argmax(dim=-1)
     prob_given = probs.gather(1, given[:, None]).squeeze(1)
     cfg = run.cfg.method

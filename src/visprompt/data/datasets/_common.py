@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from visprompt.data.types import Sample
+from visprompt.data.validation import check_seed
 from visprompt.errors import VispromptError
 
 #: Extensions accepted by the folder and Food-101N readers (compared lower-case).
@@ -233,8 +234,7 @@ def seeded_holdout(
     on the other classes. A class with at least ``min_class_size`` images gives
     ``max(1, round(0.2 * n))`` of them; smaller classes give none.
     """
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise VispromptError(f"seed {seed!r} is not a whole number >= 0; set seed to e.g. 1")
+    seed = check_seed(seed)  # the readers' one check: they pass their seed straight here
     by_label: dict[int, list[Sample]] = defaultdict(list)
     for s in samples:
         by_label[s.label].append(s)

@@ -227,10 +227,5 @@ for _bench in BENCHMARKS:
             layout=_bench.layout,
             read=_reader(_bench),
             templates=(_bench.template,),
-            extra={
-                "folder": _bench.folder,
-                "image_dir": _bench.image_dir,
-                "split_file": _bench.split_file,
-            },
         )
     )

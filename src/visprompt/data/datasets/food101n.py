@@ -143,7 +143,5 @@ register_dataset(
         layout=LAYOUT,
         read=read_food101n,
         templates=("a photo of {}, a type of food.",),
-        real_noise=True,
-        extra={"folder": NOISY_FOLDERS[0], "test_folder": CLEAN_FOLDER, "split_file": SPLIT_FILE},
     )
 )

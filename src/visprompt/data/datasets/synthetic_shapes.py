@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -75,19 +76,31 @@ def generate_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def relative_paths(split: str, labels: Sequence[int]) -> list[str]:
+    """``<split>/<class>/<nnn>.png``: the file name of each image of a split, in order.
+
+    Images are numbered per class in generation order. Code that works on the
+    in-memory split (:func:`generate_split`) uses these names to draw the same
+    few-shot images as a run on the files (sampling sorts each class by path).
+    """
+    counts = dict.fromkeys(range(len(CLASSNAMES)), 0)
+    paths = []
+    for label in labels:
+        label = int(label)
+        paths.append(f"{split}/{CLASSNAMES[label]}/{counts[label]:03d}.png")
+        counts[label] += 1
+    return paths
+
+
 def _write(folder: Path) -> None:
     entries: dict[str, list[list]] = {}
     for split in SPLITS:
         images, labels = generate_split(split)
         rows = []
-        counts = dict.fromkeys(range(len(CLASSNAMES)), 0)
-        for image, label in zip(images, labels, strict=True):
-            label = int(label)
-            rel = f"{split}/{CLASSNAMES[label]}/{counts[label]:03d}.png"
-            counts[label] += 1
+        for image, label, rel in zip(images, labels, relative_paths(split, labels), strict=True):
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / rel, compress_level=1)
-            rows.append([rel, label])
+            rows.append([rel, int(label)])
         entries[split] = rows
     manifest = {
         "name": NAME,
@@ -197,6 +210,5 @@ SPEC = register_dataset(
         read=read,
         templates=("a photo of a {}.",),
         needs_root=False,
-        extra={"version": VERSION, "similar_groups": SIMILAR_GROUPS, "image_size": IMAGE_SIZE},
     )
 )
