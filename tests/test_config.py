@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from visprompt.config import validate_run_config, diff_configs, load_run_config
+from visprompt.config import diff_configs, load_run_config, validate_run_config
 from visprompt.errors import VispromptError
 
 BASE = ["backbone.name=tiny-vit", "data.dataset=folder", "method.name=coop"]
@@ -98,3 +98,47 @@ def test_run_identity_ignores_device_and_cache_location():
     c = load_run_config(None, [*BASE, "optim.lr=0.1"])
     assert a.run_id() == b.run_id() != c.run_id()
     assert diff_configs(b.to_dict(), c.to_dict()) == ["optim.lr"]
+
+
+# ---------------------------------------------------------------- OmegaConf: ???, ${...}, dotlists
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_required_value_left_unset_names_the_key_and_the_fix(tmp_path):
+    path = write(
+        tmp_path,
+        "backbone: {name: tiny-vit}\ndata:\n  dataset: folder\n  root: ???\nmethod: {name: coop}\n",
+    )
+    with pytest.raises(VispromptError) as info:
+        load_run_config(path)
+    assert str(info.value) == (
+        "missing value for data.root (??? in the config); pass --set data.root=VALUE"
+    )
+    assert load_run_config(path, ["data.root=/d"]).data.root == "/d"
+
+
+def test_interpolations_resolve_after_the_overrides(tmp_path):
+    path = write(
+        tmp_path,
+        "backbone: {name: tiny-vit}\n"
+        "data:\n  dataset: folder\n  root: /data/${data.dataset}\n  seed: 3\n"
+        "method: {name: coop}\n"
+        "seed: ${data.seed}\n",
+    )
+    cfg = load_run_config(path, ["data.dataset=csv", "data.seed=7"])
+    assert cfg.data.root == "/data/csv" and cfg.seed == 7
+    broken = write(tmp_path, path.read_text().replace("${data.seed}", "${data.nope}"))
+    with pytest.raises(VispromptError, match=r"cannot resolve the config at seed: .*data\.nope"):
+        load_run_config(broken)
+
+
+def test_override_values_are_yaml_and_a_value_is_not_a_section():
+    cfg = load_run_config(None, [*BASE, "optim.lr=1e-3", "data.crop_scale=[0.5,1.0]"])
+    assert cfg.optim.lr == 0.001 and cfg.data.crop_scale == (0.5, 1.0)
+    with pytest.raises(VispromptError, match="cannot set optim.lr.x: optim.lr holds a value"):
+        load_run_config(None, [*BASE, "optim.lr=0.1", "optim.lr.x=1"])
