@@ -68,6 +68,14 @@ def worker_main(
     """
     _redirect_output(log_path)
     threading.Thread(target=_watch_parent, args=(os.getppid(), sweep_pid), daemon=True).start()
+    # tqdm guards its bars with a multiprocessing lock, a named semaphore that the
+    # sweep's resource tracker records; a worker killed by SIGKILL never unregisters
+    # it, and the sweep then ends with a "leaked semaphore" warning although nothing
+    # leaked that matters. A worker runs one run at a time into its own log file, so
+    # a thread lock is all its bars need, and it leaves nothing behind.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(environ)
