@@ -26,6 +26,7 @@ def cell_text(values: list[float]) -> str:
     return text + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
 
 
+@pytest.mark.slow  # the tiny sweep: worker processes
 def test_report_table_equals_numbers_recomputed_from_run_folders(tiny_sweep, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", "--db", str(tiny_sweep.db), "--out", str(out)]) == 0
@@ -107,6 +108,7 @@ def test_ablation_table_and_purification_curves(tmp_path):
     db = tmp_path / "r.sqlite"
     full = {"name": "visprompt", "attention": True, "film": True}
     no_attention = {**full, "attention": False}
+    no_film = {**full, "film": False}
     with ResultsStore(db) as store:
         for seed, (a, b, c) in enumerate([(70.0, 60.0, 50.0), (72.0, 61.0, 53.0)], start=1):
             _finished_run(
@@ -122,26 +124,38 @@ def test_ablation_table_and_purification_curves(tmp_path):
             _finished_run(
                 store, f"n{seed}", no_attention, "dtd", 0.5, seed, b, [(0.60, 0.50), (0.65, 0.55)]
             )
+            _finished_run(store, f"g{seed}", no_film, "dtd", 0.5, seed, 64.0 + seed)
             _finished_run(store, f"c{seed}", {"name": "coop"}, "dtd", 0.5, seed, c)
         _finished_run(store, "c3", {"name": "coop"}, "dtd", 0.5, 3, 40.0)
         store.add_pending([("x", {"method": {"name": "coop"}}, "handmade", "/x")])
         store.fail("x", "RuntimeError: boom")
     written = write_report(db, tmp_path / "report")
     out = written.folder
-    assert written.runs == 7
+    assert written.runs == 9
     rows = {r["method"]: r for r in read_csv(out / "table.csv")}
-    # options at the method's defaults stay out of the label (visprompt's attention is on)
-    assert set(rows) == {"coop", "visprompt", "visprompt (attention=off)"}
+    # labels name the settings that differ between the runs, by how a run departs from the
+    # value most of the method's runs share (attention and film: on in 4 of 6 runs)
+    assert set(rows) == {"coop", "visprompt", "visprompt (attention=off)", "visprompt (film=off)"}
     assert float(rows["coop"]["mean"]) == pytest.approx(statistics.fmean([50.0, 53.0, 40.0]))
     assert rows["visprompt"]["best"] == "1" and rows["coop"]["best"] == "0"
     table = (out / "table.md").read_text()
     assert "**71.00 ± 1.41 (n=2)**" in table  # fewer seeds than the coop cell (3)
     ablation = read_csv(out / "ablation.csv")
     assert [(r["setting"], float(r["mean"]), r["best"]) for r in ablation] == [
-        ("attention=off", 60.5, "0"),
-        ("attention=on", 71.0, "1"),
+        ("attention=off, film=on", 60.5, "0"),
+        ("attention=on, film=off", 65.5, "0"),
+        ("attention=on, film=on", 71.0, "1"),
     ]
-    assert "| dtd | on | **71.00 ± 1.41** |" in (out / "ablation.md").read_text()
+    assert "| dtd | on | on | **71.00 ± 1.41** |" in (out / "ablation.md").read_text()
+    # methods x noise settings: accuracy, then the last epoch's clean split (in %)
+    methods = {r["method"]: r for r in read_csv(out / "methods.csv")}
+    assert methods["visprompt"]["acc sym 50%"] == "71.00 ± 1.41 (n=2)"
+    assert methods["visprompt"]["clean-split prec/rec sym 50%"] == (
+        "90.00 ± 0.00 (n=2) / 76.50 ± 0.71 (n=2)"
+    )
+    assert methods["coop"]["acc sym 50%"] == "47.67 ± 6.81"
+    assert methods["coop"]["clean-split prec/rec sym 50%"] == "-"
+    assert methods["visprompt (film=off)"]["clean-split prec/rec sym 50%"] == "-"
     curves = read_csv(out / "purification.csv")
     full_curve = [r for r in curves if r["method"] == "visprompt"]
     assert [(int(r["epoch"]), int(r["n"])) for r in full_curve] == [(1, 2), (2, 2)]
@@ -156,10 +170,15 @@ def test_ablation_table_and_purification_curves(tmp_path):
     ]
     index = (out / "index.md").read_text()
     assert "(ablation.md)" in index and "(purification.csv)" in index
-    assert "1 failed runs are not shown" in index
+    assert "1 failed runs are not shown" in index and "(methods.md)" in index
     # filters, and a second report replaces the first in place
     again = write_report(db, out, methods=["coop"], backbones=["rn50"])
     assert again.runs == 3 and not (out / "ablation.md").exists()
+    # one sweep's runs of a shared database: only those, labelled among themselves
+    some = write_report(db, tmp_path / "some", run_ids=["f1", "f2", "n1", "n2"])
+    assert some.runs == 4
+    labels = {r["method"] for r in read_csv(some.folder / "table.csv")}
+    assert labels == {"visprompt (attention=on)", "visprompt (attention=off)"}  # a tie: both named
     with pytest.raises(VispromptError, match="no finished run in .* matches --dataset caltech101"):
         write_report(db, tmp_path / "empty-report", datasets=["caltech101"])
     assert not (tmp_path / "empty-report").exists()

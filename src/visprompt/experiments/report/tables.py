@@ -1,0 +1,451 @@
+"""Tables of a report: what goes in each cell, and the table as Markdown and CSV text.
+
+* :func:`paper_tables` - the paper-style table: rows dataset x noise type,
+  columns noise rate x method label, cells ``mean ± std`` of the test accuracy
+  over seeds, the best of each row at each rate marked. One per (backbone,
+  shots, noise protocol).
+* :func:`ablation_tables` - per method whose runs differ in settings: rows
+  (dataset, setting), columns (noise type, rate).
+* :func:`method_tables` - per dataset: rows method label, columns the noise
+  settings (test accuracy), then the final epoch's clean-split precision /
+  recall of the methods that purify at each noisy setting. ``visprompt demo``
+  prints this one.
+* :func:`purification_curves` - clean-split precision and recall per epoch,
+  mean over seeds.
+
+``std`` is the sample standard deviation (n - 1 in the denominator); a cell of
+one run shows no std; ``(n=k)`` follows a cell with fewer runs than the
+table's largest cell. Ties for best, compared at the two shown decimals, are
+all marked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from visprompt.experiments.report.records import (
+    RunRecord,
+    fmt_rate,
+    fmt_value,
+    method_rank,
+    noise_rank,
+    short_names,
+    table_title,
+)
+
+
+@dataclass
+class Cell:
+    """The values (test accuracies, or precisions in %) of the runs of one cell."""
+
+    values: list[float]
+    run_ids: list[str]
+    best: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if self.n > 1 else None
+
+    def text(self, expected_n: int, digits: int = 2) -> str:
+        """``mean ± std`` at ``digits`` decimals, ``(n=k)`` when short of ``expected_n`` runs."""
+        out = f"{self.mean:.{digits}f}"
+        if self.std is not None:
+            out += f" ± {self.std:.{digits}f}"
+        if self.n < expected_n:
+            out += f" (n={self.n})"
+        return out
+
+
+@dataclass
+class Table:
+    """Rows x columns of cells; ``cells[(row, column)]``.
+
+    ``untrained`` holds the labels whose runs trained nothing (see
+    :attr:`RunRecord.trained`): plots draw them at every noise rate.
+    """
+
+    title: str
+    key: tuple
+    rows: list[tuple]
+    columns: list[tuple]
+    cells: dict[tuple, Cell]
+    untrained: frozenset[str] = frozenset()
+
+    @property
+    def expected_n(self) -> int:
+        return max((c.n for c in self.cells.values()), default=0)
+
+
+def _add(cells: dict[tuple, Cell], at: tuple, value: float, run_id: str) -> None:
+    cell = cells.setdefault(at, Cell([], []))
+    cell.values.append(value)
+    cell.run_ids.append(run_id)
+
+
+def _mark_best(table: Table, group_of: Callable[[tuple, tuple], Any]) -> None:
+    """Mark the best cell(s) of each group (cells with the same ``group_of(row, column)``)."""
+    groups: dict[Any, list[Cell]] = defaultdict(list)
+    for (row, column), cell in table.cells.items():
+        groups[group_of(row, column)].append(cell)
+    for cells in groups.values():
+        top = max(round(c.mean, 2) for c in cells)
+        for c in cells:
+            c.best = round(c.mean, 2) == top
+
+
+def _untrained_labels(records: Iterable[RunRecord]) -> frozenset[str]:
+    trained: dict[str, bool] = {}
+    for r in records:
+        trained[r.label] = trained.get(r.label, False) or r.trained
+    return frozenset(label for label, t in trained.items() if not t)
+
+
+def _table_keys(records: Iterable[RunRecord]) -> list[tuple]:
+    return sorted({r.table_key for r in records}, key=lambda k: tuple(map(str, k)))
+
+
+# ---------------------------------------------------------------- paper and ablation tables
+
+
+def paper_tables(records: list[RunRecord]) -> list[Table]:
+    """One paper-style table per (backbone, shots, protocol); best per row and rate marked."""
+    tables = []
+    for key in _table_keys(records):
+        mine = [r for r in records if r.table_key == key]
+        cells: dict[tuple, Cell] = {}
+        for r in mine:
+            _add(cells, ((r.dataset, r.noise_type), (r.noise_rate, r.label)), r.accuracy, r.run_id)
+        rows = sorted({at[0] for at in cells}, key=lambda rw: (rw[0], noise_rank(rw[1])))
+        columns = sorted({at[1] for at in cells}, key=lambda c: (c[0], method_rank(c[1])))
+        table = Table(table_title(key), key, rows, columns, cells, _untrained_labels(mine))
+        _mark_best(table, lambda row, column: (row, column[0]))
+        tables.append(table)
+    return tables
+
+
+def ablation_tables(records: list[RunRecord], keys: dict[str, list[str]]) -> list[Table]:
+    """Per method with differing settings: rows (dataset, setting), columns (noise, rate)."""
+    tables = []
+    for method in sorted(keys, key=method_rank):
+        mine = [r for r in records if r.method == method]
+        for key in _table_keys(mine):
+            cells: dict[tuple, Cell] = {}
+            for r in (r for r in mine if r.table_key == key):
+                setting = tuple(fmt_value(r.flat.get(k)) for k in keys[method])
+                at = ((r.dataset, setting), (r.noise_type, r.noise_rate))
+                _add(cells, at, r.accuracy, r.run_id)
+            rows = sorted({at[0] for at in cells})
+            columns = sorted({at[1] for at in cells}, key=lambda c: (noise_rank(c[0]), c[1]))
+            title = f"Ablation of {method}: {table_title(key)}"
+            table = Table(title, (method, *key), rows, columns, cells)
+            _mark_best(table, lambda row, column: (row[0], column))
+            tables.append(table)
+    return tables
+
+
+# ---------------------------------------------------------------- methods x noise settings
+
+
+def setting_name(noise: str, rate: float) -> str:
+    """``clean``, ``real`` or ``sym 50%``: a noise setting as column headers name it."""
+    if noise in ("none", "real"):
+        return "clean" if noise == "none" else "real"
+    return f"{noise} {fmt_rate(rate)}"
+
+
+@dataclass
+class MethodTable:
+    """Methods x noise settings of one dataset (see :func:`method_tables`).
+
+    ``accuracy[(label, setting)]`` holds test accuracies; ``precision`` and
+    ``recall`` the final epoch's clean-split precision and recall (in %) at the
+    ``purified`` settings, for the labels whose runs purify.
+    """
+
+    title: str
+    key: tuple
+    labels: list[str]
+    settings: list[tuple[str, float]]
+    purified: list[tuple[str, float]]
+    accuracy: dict[tuple, Cell] = field(default_factory=dict)
+    precision: dict[tuple, Cell] = field(default_factory=dict)
+    recall: dict[tuple, Cell] = field(default_factory=dict)
+
+    @property
+    def expected_n(self) -> int:
+        return max((c.n for c in self.accuracy.values()), default=0)
+
+    def header(self) -> list[str]:
+        head = ["method"] + [f"acc {setting_name(*s)}" for s in self.settings]
+        return head + [f"clean-split prec/rec {setting_name(*s)}" for s in self.purified]
+
+    def rows(self, digits: int = 2) -> list[list[str]]:
+        """The cells as shown: ``mean ± std`` text, ``-`` where there is nothing."""
+        n = self.expected_n
+
+        def text(cells: dict[tuple, Cell], at: tuple) -> str:
+            return cells[at].text(n, digits) if at in cells else "-"
+
+        out = []
+        for label in self.labels:
+            row = [label] + [text(self.accuracy, (label, s)) for s in self.settings]
+            for s in self.purified:
+                at = (label, s)
+                row.append(
+                    f"{text(self.precision, at)} / {text(self.recall, at)}"
+                    if at in self.precision and at in self.recall
+                    else "-"
+                )
+            out.append(row)
+        return out
+
+
+def method_tables(records: list[RunRecord]) -> list[MethodTable]:
+    """One table per (backbone, shots, protocol, dataset): method labels x noise settings.
+
+    A label whose runs trained nothing (zero-shot) shows its accuracy at every
+    setting of the table: the training labels never reached it. Where it ran
+    at several settings, each setting shows its own runs, and a setting it did
+    not run at shows those of the setting where it ran most. Purification
+    columns (the last epoch's clean split against the true labels) appear for
+    the noisy settings where some run purified.
+    """
+    tables = []
+    for key in _table_keys(records):
+        for dataset in sorted({r.dataset for r in records if r.table_key == key}):
+            mine = [r for r in records if r.table_key == key and r.dataset == dataset]
+            settings = sorted(
+                {(r.noise_type, r.noise_rate) for r in mine},
+                key=lambda s: (noise_rank(s[0]), s[1]),
+            )
+            labels = sorted({r.label for r in mine}, key=method_rank)
+            table = MethodTable(
+                title=f"{dataset}: {table_title(key)}",
+                key=(*key, dataset),
+                labels=labels,
+                settings=settings,
+                purified=[],
+            )
+            for r in mine:
+                at = (r.label, (r.noise_type, r.noise_rate))
+                _add(table.accuracy, at, r.accuracy, r.run_id)
+                final = _final_purification(r)
+                if final is not None and r.noise_type != "none":
+                    _add(table.precision, at, 100 * final["precision"], r.run_id)
+                    _add(table.recall, at, 100 * final["recall"], r.run_id)
+            for label in _untrained_labels(mine):
+                own = [s for s in settings if (label, s) in table.accuracy]
+                source = max(own, key=lambda s: table.accuracy[(label, s)].n)
+                for s in settings:
+                    if (label, s) not in table.accuracy:
+                        cell = table.accuracy[(label, source)]
+                        table.accuracy[(label, s)] = Cell(list(cell.values), list(cell.run_ids))
+            table.purified = [
+                s for s in settings if any((lb, s) in table.precision for lb in labels)
+            ]
+            tables.append(table)
+    return tables
+
+
+def _final_purification(record: RunRecord) -> dict | None:
+    """The last epoch's purification row with both precision and recall, or None."""
+    for row in reversed(record.purification):
+        if row.get("precision") is not None and row.get("recall") is not None:
+            return row
+    return None
+
+
+# ---------------------------------------------------------------- purification curves
+
+PURIFY_METRICS = ("precision", "recall", "clean_fraction", "noisy_precision", "noisy_recall")
+
+
+def purification_curves(records: list[RunRecord]) -> dict[tuple, dict[int, dict[str, Any]]]:
+    """``(table key, dataset, noise, label, rate) -> epoch -> {n, metric means}`` over seeds."""
+    groups: dict[tuple, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        for row in r.purification:
+            key = (r.table_key, r.dataset, r.noise_type, r.label, r.noise_rate)
+            groups[key][int(row["epoch"])].append(row)
+    curves: dict[tuple, dict[int, dict[str, Any]]] = {}
+    for key, by_epoch in groups.items():
+        curves[key] = {}
+        for epoch, rows in sorted(by_epoch.items()):
+            entry: dict[str, Any] = {"n": len(rows)}
+            for metric in PURIFY_METRICS:
+                values = [row[metric] for row in rows if row.get(metric) is not None]
+                entry[metric] = statistics.fmean(values) if values else None
+            curves[key][epoch] = entry
+    return curves
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _shown(cell: Cell | None, expected_n: int) -> str:
+    if cell is None:
+        return ""
+    text = cell.text(expected_n)
+    return f"**{text}**" if cell.best else text
+
+
+def paper_table_markdown(table: Table) -> str:
+    head = ["Dataset", "Noise"] + [f"{fmt_rate(rate)} {label}" for rate, label in table.columns]
+    lines = [
+        "| " + " | ".join(_md_escape(h) for h in head) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * len(table.columns)) + "|",
+    ]
+    for row in table.rows:
+        cells = [
+            _shown(table.cells.get((row, column)), table.expected_n) for column in table.columns
+        ]
+        lines.append("| " + " | ".join([row[0], row[1], *cells]) + " |")
+    return "\n".join(lines)
+
+
+def ablation_markdown(table: Table, setting_keys: list[str]) -> str:
+    short = short_names(setting_keys)
+    head = ["Dataset", *(short[k] for k in setting_keys)]
+    head += [f"{noise} {fmt_rate(rate)}" for noise, rate in table.columns]
+    lines = [
+        "| " + " | ".join(_md_escape(h) for h in head) + " |",
+        "|" + "|".join(["---"] * (1 + len(setting_keys)) + ["---:"] * len(table.columns)) + "|",
+    ]
+    for dataset, setting in table.rows:
+        cells = [
+            _shown(table.cells.get(((dataset, setting), column)), table.expected_n)
+            for column in table.columns
+        ]
+        lines.append("| " + " | ".join([dataset, *setting, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def method_table_markdown(table: MethodTable, digits: int = 2) -> str:
+    header = table.header()
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in table.rows(digits)]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def _cell_fields(cell: Cell) -> list:
+    """The tidy-CSV columns n, mean, std, best, run_ids of one table cell."""
+    return [cell.n, _num(cell.mean), _num(cell.std), int(cell.best), ";".join(cell.run_ids)]
+
+
+def paper_table_csv(tables: list[Table]) -> str:
+    """Tidy CSV: one line per cell, with its mean, std, n, best flag and run ids."""
+    header = [
+        "backbone", "shots", "protocol", "dataset", "noise_type", "noise_rate", "method",
+        "n", "mean", "std", "best", "run_ids",
+    ]  # fmt: skip
+    rows = []
+    for t in tables:
+        for row in t.rows:
+            for column in t.columns:
+                cell = t.cells.get((row, column))
+                if cell is not None:
+                    rows.append([*t.key, row[0], row[1], column[0], column[1], *_cell_fields(cell)])
+    return csv_text(header, rows)
+
+
+def paper_table_wide_csv(tables: list[Table]) -> str:
+    """The table as shown: ``mean ± std`` strings, ``*`` after the best of each row and rate."""
+    columns: list[tuple] = []
+    for t in tables:
+        columns.extend(c for c in t.columns if c not in columns)
+    columns.sort(key=lambda c: (c[0], method_rank(c[1])))
+    header = ["backbone", "shots", "protocol", "dataset", "noise_type"]
+    header += [f"{fmt_rate(rate)} {label}" for rate, label in columns]
+    rows = []
+    for t in tables:
+        for row in t.rows:
+            line = [*t.key, *row]
+            for column in columns:
+                cell = t.cells.get((row, column))
+                line.append(
+                    "" if cell is None else cell.text(t.expected_n) + ("*" if cell.best else "")
+                )
+            rows.append(line)
+    return csv_text(header, rows)
+
+
+def ablation_csv(tables: list[Table], keys: dict[str, list[str]]) -> str:
+    header = [
+        "method", "backbone", "shots", "protocol", "dataset", "setting", "noise_type",
+        "noise_rate", "n", "mean", "std", "best", "run_ids",
+    ]  # fmt: skip
+    rows = []
+    for t in tables:
+        method = t.key[0]
+        short = short_names(keys[method])
+        for dataset, setting in t.rows:
+            text = ", ".join(f"{short[k]}={v}" for k, v in zip(keys[method], setting, strict=True))
+            for column in t.columns:
+                cell = t.cells.get(((dataset, setting), column))
+                if cell is not None:
+                    rows.append([*t.key, dataset, text, *column, *_cell_fields(cell)])
+    return csv_text(header, rows)
+
+
+def method_table_csv(tables: list[MethodTable], digits: int = 2) -> str:
+    """The methods tables as shown, one line per (table, label), prefixed by what places them."""
+    columns: list[str] = []
+    for t in tables:
+        columns.extend(h for h in t.header()[1:] if h not in columns)
+    header = ["backbone", "shots", "protocol", "dataset", "method", *columns]
+    rows = []
+    for t in tables:
+        head = t.header()
+        for row in t.rows(digits):
+            shown = dict(zip(head, row, strict=True))
+            rows.append([*t.key, row[0], *(shown.get(c, "") for c in columns)])
+    return csv_text(header, rows)
+
+
+def purification_csv(curves: dict[tuple, dict[int, dict[str, Any]]]) -> str:
+    header = [
+        "backbone", "shots", "protocol", "dataset", "noise_type", "method", "noise_rate",
+        "epoch", "n", *PURIFY_METRICS,
+    ]  # fmt: skip
+    rows = []
+    for key in sorted(curves, key=lambda k: tuple(map(str, k))):
+        table_key, dataset, noise, label, rate = key
+        for epoch, entry in sorted(curves[key].items()):
+            rows.append(
+                [*table_key, dataset, noise, label, rate, epoch, entry["n"]]
+                + [_num(entry[m]) for m in PURIFY_METRICS]
+            )
+    return csv_text(header, rows)
