@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint format demo clean
+.PHONY: venv test test-fast lint format demo clean
 
 venv: $(STAMP)
 
@@ -22,8 +22,13 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks scripts
 	$(BIN)/ruff format src tests benchmarks scripts
 
+# Everything, including the end-to-end tests that spawn or SIGKILL processes.
 test: lint
 	$(BIN)/python -m pytest
+
+# The same suite without the `slow` (process-spawning) tests: for the edit-test loop.
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 demo: venv
 	$(BIN)/visprompt demo

@@ -53,6 +53,7 @@ def test_every_subcommand_has_help(capsys):
         assert "usage: visprompt" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a `visprompt` subprocess
 def test_installed_entry_point_runs():
     done = subprocess.run(
         [sys.executable, "-m", "visprompt", "--help"], capture_output=True, text=True, timeout=120

@@ -15,8 +15,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from visprompt.engine.run import read_metrics
-
 #: Colours of the generated classes: easy to tell apart, so learning is visible.
 COLOURS = {
     "red": (220, 30, 30),
@@ -113,6 +111,8 @@ def kill_then_resume(
     ``command(out, "--resume")``. Returns both run folders (the same process
     setup for both runs, so their floats are comparable bit for bit).
     """
+    from visprompt.engine.run import read_metrics  # late: conftest imports this module
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     full, killed = tmp / "full", tmp / "killed"
     done = subprocess.run(command(full), env=env, capture_output=True, text=True, timeout=300)
@@ -139,6 +139,8 @@ def kill_then_resume(
 def assert_same_run(a: Path, b: Path) -> None:
     """Two run folders ended with the same result, epoch metrics and weights."""
     from safetensors.torch import load_file
+
+    from visprompt.engine.run import read_metrics
 
     ra = json.loads((a / "result.json").read_text())
     rb = json.loads((b / "result.json").read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 from visprompt.errors import VispromptError
@@ -52,6 +53,27 @@ class Registry(Generic[T]):
         except KeyError:
             known = ", ".join(sorted(self._entries))
             raise VispromptError(f"unknown {self.kind} {name!r}; choose one of: {known}") from None
+
+    def unregister(self, name: str) -> T:
+        """Remove the entry ``name`` and return it (unknown names raise as :meth:`get` does)."""
+        entry = self.get(name)
+        del self._entries[name]
+        return entry
+
+    @contextmanager
+    def scoped(self) -> Iterator[Registry[T]]:
+        """Entries registered inside the block are removed when it ends.
+
+        For code that registers a throwaway entry (a test's toy method, a
+        notebook experiment) without leaving it behind for later lookups;
+        entries registered before the block are untouched.
+        """
+        before = set(self._discovered())
+        try:
+            yield self
+        finally:
+            for name in set(self._entries) - before:
+                del self._entries[name]
 
     def names(self) -> list[str]:
         return sorted(self._discovered())

@@ -381,6 +381,7 @@ def test_too_few_shots_says_how_many_went_to_validation(tmp_path, capsys):
     assert "has only 2 training images (3 in the dataset, 1 of them in the validation split)" in err
 
 
+@pytest.mark.slow  # two `visprompt` subprocesses
 def test_library_log_noise_is_kept_out_of_the_cli_output(tmp_path):
     """open_clip logs on the root logger ("WARNING:root:..."); only --verbose shows it."""
     import subprocess

@@ -128,6 +128,7 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(1, cfg.optim) > lr_factor(2, cfg.optim) > lr_factor(9, cfg.optim) > 0
 
 
+@pytest.mark.slow  # spawns and SIGKILLs a training process
 def test_sigkill_then_resume_reaches_the_same_result(colour_dataset, tmp_path):
     over = run_overrides(
         colour_dataset, "coop", **{"optim.epochs": 30, "optim.batch_size": 4, "optim.lr": 0.01}

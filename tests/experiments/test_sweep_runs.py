@@ -28,6 +28,9 @@ from visprompt.engine.run import read_metrics, train_run
 from visprompt.experiments.store import ResultsStore
 from visprompt.experiments.sweep import load_sweep
 
+#: Every test here runs sweeps with worker processes (some SIGKILLed): ``make test`` only.
+pytestmark = pytest.mark.slow
+
 NO_TIME = ("seconds",)
 
 

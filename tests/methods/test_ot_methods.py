@@ -115,6 +115,7 @@ def test_interrupted_run_resumes_to_the_same_result(colour_dataset, tmp_path, me
     assert strip(metrics(tmp_path / "cut")) == strip(metrics(tmp_path / "full"))
 
 
+@pytest.mark.slow  # spawns and SIGKILLs a training process
 def test_visprompt_resumes_after_sigkill(colour_dataset, tmp_path):
     over = run_overrides(
         colour_dataset,
