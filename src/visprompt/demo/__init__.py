@@ -3,213 +3,116 @@
 It generates the ``synthetic-shapes`` task, then trains zero-shot CLIP, CoOp,
 NLPrompt and VisPrompt on 16 shots per class with clean labels and with 50%
 symmetric label noise, using the small ``demo-tiny`` CLIP that ships with the
-package. It prints a table of test accuracy and of the OT clean-split
-precision/recall, and writes into one folder: the table (Markdown and CSV), a
-plot of accuracy against noise rate per method, the label-issue CSV of the
-VisPrompt run, and every run folder. Whatever ordering of methods comes out is
-what it prints: nothing is tuned to favour a method.
+package. It prints a table of test accuracy and of the clean-split
+precision/recall of the purified training set, and writes into one folder: the
+table (Markdown and CSV), a plot of accuracy against noise rate per method, the
+label-issue CSV of the noisy VisPrompt run, the full report, the results
+database and every run folder. Whatever ordering of methods comes out is what
+it prints: nothing is tuned to favour a method.
 
 Modes: default (one seed), ``quick`` (fewer epochs), ``smoke`` (a few seconds,
 for CI), ``full`` (symmetric and pair-flip noise at 25/50/75% and 3 seeds).
 Runs already finished in the output folder are reused, interrupted ones resume.
+
+The demo is a sweep: each mode is a sweep file shipped in this package
+(``demo.yaml``, the default, and the overlays ``quick.yaml``, ``smoke.yaml``,
+``full.yaml`` merged over it), run by the same sweep runner, results store
+and report writer as ``visprompt sweep`` and ``visprompt report``. The output
+folder holds::
+
+    results.md, results.csv     the table printed at the end
+    accuracy_vs_noise.png       accuracy vs noise rate per method
+    label_issues.csv            the noisy VisPrompt run's labels, most suspect first
+    report/                     `visprompt report` of these runs (index.md, tables, plots)
+    results.sqlite              the results database (`visprompt runs list --db ...`)
+    runs/<run id>/              one folder per run (config, metrics, checkpoint, result)
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
-import statistics
+import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-import yaml
-
-from visprompt.config import apply_overrides, compose, resolve, set_value, validate_run_config
-from visprompt.engine.checkpoint import atomic_write_text
-from visprompt.engine.run import RESULT_FILE, train_run
 from visprompt.errors import VispromptError
 
-METHODS = ("zeroshot", "coop", "nlprompt", "visprompt")
-OT_METHODS = ("nlprompt", "visprompt")
+#: Modes of ``visprompt demo``; each but the default is an overlay file ``<mode>.yaml``.
+MODES = ("default", "quick", "smoke", "full")
+#: The default mode's sweep file, which the overlays are merged over.
+SWEEP_FILE = "demo.yaml"
+#: The method whose first noisy run's labels are exported as label issues.
+LABEL_ISSUES_METHOD = "visprompt"
+DB_NAME = "results.sqlite"
+RUNS_DIR = "runs"
+REPORT_DIR = "report"
+#: Digits after the point in the demo's table (the report's own tables show two).
+DIGITS = 1
 
 
-@dataclass(frozen=True)
-class Mode:
-    noise: tuple[tuple[str, float], ...]
-    seeds: tuple[int, ...]
-    overrides: dict
+def sweep_files(mode: str = "default") -> list[Path]:
+    """The shipped sweep files of a mode: ``demo.yaml``, then its overlay (if any)."""
+    if mode not in MODES:
+        raise VispromptError(f"unknown demo mode {mode!r}; choose one of {', '.join(MODES)}")
+    folder = resources.files(__name__)
+    names = [SWEEP_FILE] + ([] if mode == "default" else [f"{mode}.yaml"])
+    return [Path(str(folder.joinpath(name))) for name in names]
 
 
-MODES: dict[str, Mode] = {
-    "default": Mode((("none", 0.0), ("sym", 0.5)), (1,), {}),
-    "quick": Mode((("none", 0.0), ("sym", 0.5)), (1,), {"optim.epochs": 10}),
-    "smoke": Mode(
-        (("sym", 0.5),),
-        (1,),
-        {"optim.epochs": 2, "data.shots": 4, "data.num_views": 2},
-    ),
-    "full": Mode(
-        (
-            ("none", 0.0),
-            ("sym", 0.25),
-            ("sym", 0.5),
-            ("sym", 0.75),
-            ("asym", 0.25),
-            ("asym", 0.5),
-            ("asym", 0.75),
-        ),
-        (1, 2, 3),
-        {},
-    ),
-}
+def load_demo_sweep(mode: str = "default", overrides: list[str] | None = None) -> Any:
+    """The demo's sweep for ``mode`` with ``--set`` overrides, expanded and validated.
 
+    The overlay is merged over ``demo.yaml`` as OmegaConf merges (mappings key
+    by key, lists such as ``grids:`` replaced whole), then expanded by
+    :func:`visprompt.experiments.sweep.parse_sweep` exactly as ``visprompt
+    sweep`` expands a file.
 
-def base_config() -> dict:
-    text = resources.files("visprompt.demo").joinpath("demo.yaml").read_text()
-    return yaml.safe_load(text)
+    Raises:
+        VispromptError: an unknown mode, or an override that is malformed,
+            clashes with a key the grids vary, or makes a run invalid.
+    """
+    from omegaconf import OmegaConf
 
+    from visprompt.config import load_yaml_node
+    from visprompt.experiments.sweep import parse_sweep
 
-def run_name(method: str, noise: str, rate: float, seed: int) -> str:
-    return f"{method}-{noise}{int(round(rate * 100))}-seed{seed}"
-
-
-def planned_runs(mode: Mode) -> list[tuple[str, str, float, int]]:
-    """(method, noise type, rate, seed) of every run; zero-shot once per seed."""
-    runs = []
-    for seed in mode.seeds:
-        for method in METHODS:
-            settings = mode.noise[:1] if method == "zeroshot" else mode.noise
-            for noise, rate in settings:
-                runs.append((method, noise, rate, seed))
-    return runs
-
-
-def demo_config(method: str, noise: str, rate: float, seed: int, mode: Mode, extra: list[str]):
-    node = compose(base_config())
-    values = {
-        "method.name": method,
-        "noise.type": noise,
-        "noise.rate": rate,
-        "data.seed": seed,
-        **mode.overrides,
-    }
-    for key, value in values.items():
-        set_value(node, key, value)
-    apply_overrides(node, extra)  # as `train --set` does: a bad one is a one-line error
-    return validate_run_config(resolve(node))
-
-
-def _run_one(cfg, folder: Path, progress: bool) -> dict:
-    quiet = lambda message: None  # noqa: E731 - the demo prints its own progress lines
-    result_file = folder / RESULT_FILE
-    if result_file.is_file():
-        saved = yaml.safe_load((folder / "config.yaml").read_text())
-        if saved == cfg.to_dict():
-            return json.loads(result_file.read_text())
-        return train_run(cfg, folder, overwrite=True, progress=progress, log=quiet)
-    resume = (folder / "state.pt").is_file()
-    try:
-        return train_run(cfg, folder, resume=resume, progress=progress, log=quiet)
-    except VispromptError as exc:
-        if resume and "differs from the run" in str(exc):
-            return train_run(cfg, folder, overwrite=True, progress=progress, log=quiet)
-        raise
-
-
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def _setting(noise: str, rate: float) -> str:
-    return "clean" if noise == "none" else f"{noise} {int(round(rate * 100))}%"
-
-
-def summarise(results: list[dict], mode: Mode) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the demo table (methods x noise settings)."""
-    header = ["method"] + [f"acc {_setting(n, r)}" for n, r in mode.noise]
-    noisy = [(n, r) for n, r in mode.noise if n != "none"]
-    header += [f"OT prec/rec {_setting(n, r)}" for n, r in noisy]
-    rows = []
-    for method in METHODS:
-        row = [method]
-        for noise, rate in mode.noise:
-            accs = [
-                r["test_accuracy"]
-                for r in results
-                if r["method"] == method
-                and (method == "zeroshot" or (r["noise_type"], r["noise_rate"]) == (noise, rate))
-            ]
-            row.append(_mean_std(accs))
-        for noise, rate in noisy:
-            match = [
-                r
-                for r in results
-                if r["method"] == method and (r["noise_type"], r["noise_rate"]) == (noise, rate)
-            ]
-            if method in OT_METHODS and match and "purify_precision" in match[0]:
-                p = [100 * r["purify_precision"] for r in match]
-                q = [100 * r["purify_recall"] for r in match]
-                row.append(f"{_mean_std(p)} / {_mean_std(q)}")
-            else:
-                row.append("-")
-        rows.append(row)
-    return header, rows
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def plot_accuracy(results: list[dict], mode: Mode, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(
-        1, 2 if any(n == "asym" for n, _ in mode.noise) else 1, figsize=(10, 4), squeeze=False
+    files = sweep_files(mode)
+    nodes = [load_yaml_node(f, "demo sweep file", "a sweep YAML file") for f in files]
+    data = OmegaConf.to_container(OmegaConf.merge(*nodes), resolve=False)
+    return parse_sweep(
+        data,
+        source=" over ".join(str(f) for f in reversed(files)),
+        base_dir=files[0].parent,
+        default_name=f"demo-{mode}",
+        overrides=list(overrides or []),
     )
-    kinds = ["sym"] + (["asym"] if any(n == "asym" for n, _ in mode.noise) else [])
-    for ax, kind in zip(axes[0], kinds, strict=True):
-        rates = sorted({0.0} | {r for n, r in mode.noise if n == kind})
-        for method in METHODS:
-            means, stds = [], []
-            for rate in rates:
-                accs = [
-                    r["test_accuracy"]
-                    for r in results
-                    if r["method"] == method
-                    and (
-                        method == "zeroshot"
-                        or (rate == 0.0 and r["noise_type"] == "none")
-                        or (r["noise_type"], r["noise_rate"]) == (kind, rate)
-                    )
-                ]
-                means.append(statistics.mean(accs) if accs else float("nan"))
-                stds.append(statistics.stdev(accs) if len(accs) > 1 else 0.0)
-            ax.errorbar(
-                [100 * r for r in rates], means, yerr=stds, marker="o", capsize=3, label=method
-            )
-        ax.set_xlabel(f"{kind} label noise (%)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"synthetic-shapes, demo-tiny, {kind} noise")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+
+
+def _run_line(db: Path, run: Any, index: int, total: int, reused: bool) -> str:
+    """``[3/7] coop synthetic-shapes sym 0.5 seed 1: test accuracy 26.0% (2 s)`` from the store."""
+    from visprompt.experiments.store import ResultsStore
+
+    with ResultsStore(db, create=False) as store:
+        row = store.get_run(run.run_id)
+        purification = store.purification(run.run_id)
+    ot = ""
+    final = next(
+        (p for p in reversed(purification) if None not in (p.get("precision"), p.get("recall"))),
+        None,
+    )
+    if final is not None:
+        ot = (
+            f", clean-split precision {100 * final['precision']:.1f}% "
+            f"recall {100 * final['recall']:.1f}%"
+        )
+    when = "reused" if reused else f"{row['wall_seconds'] or 0:.0f} s"
+    return (
+        f"[{index}/{total}] {run.describe()}: test accuracy {row['test_accuracy']:.1f}%{ot} "
+        f"({when})"
+    )
 
 
 def run_demo(
@@ -217,79 +120,148 @@ def run_demo(
     mode: str = "default",
     overrides: list[str] | None = None,
     progress: bool = True,
-    log=print,
-) -> dict:
-    """Run the demo into ``out_dir``; returns the table and the paths written."""
-    if mode not in MODES:
-        raise VispromptError(f"unknown demo mode {mode!r}; choose one of {', '.join(MODES)}")
-    spec = MODES[mode]
-    out = Path(out_dir)
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the demo sweep into ``out_dir``; returns the table, its records and the paths written.
+
+    Raises:
+        VispromptError: bad mode, overrides or output folder (before anything is
+            written), or a run that failed (the others are kept; rerunning
+            retries it and reuses the rest).
+        KeyboardInterrupt: Ctrl-C; the runs in flight resume on the next call.
+    """
+    from visprompt.experiments.report import (
+        accuracy_overview,
+        load_records,
+        method_table_markdown,
+        method_tables,
+        paper_tables,
+        write_report,
+    )
+    from visprompt.experiments.report.tables import csv_text, method_table_csv
+    from visprompt.experiments.runner import plan_sweep, run_sweep
+    from visprompt.experiments.store import ResultsStore
+    from visprompt.fileio import atomic_write_text
+
+    out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise VispromptError(f"demo output {out} is a file; give a folder with --out")
-    extra = list(overrides or [])
-    plan = planned_runs(spec)
-    configs = [demo_config(m, n, r, s, spec, extra) for m, n, r, s in plan]  # validate first
+    sweep = load_demo_sweep(mode, overrides)  # every run validated before anything is written
     started = time.perf_counter()
-    log(f"visprompt demo ({mode}): {len(plan)} runs on the synthetic-shapes world -> {out}")
-    results = []
-    for i, ((method, noise, rate, seed), cfg) in enumerate(zip(plan, configs, strict=True), 1):
-        t0 = time.perf_counter()
-        name = run_name(method, noise, rate, seed)
-        log(f"[{i}/{len(plan)}] {name} ...")
-        result = _run_one(cfg, out / "runs" / name, progress)
-        result["run_name"] = name
-        results.append(result)
-        ot = ""
-        if "purify_precision" in result:
-            ot = (
-                f", OT clean-split precision {100 * result['purify_precision']:.1f}% "
-                f"recall {100 * result['purify_recall']:.1f}%"
-            )
-        log(
-            f"[{i}/{len(plan)}] {name}: test accuracy {result['test_accuracy']:.1f}%{ot} "
-            f"({time.perf_counter() - t0:.0f} s)"
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        plan = plan_sweep(sweep, out / DB_NAME, out / RUNS_DIR, retry_failed=True)
+    except BaseException:
+        if created:
+            out.rmdir()
+        raise
+    total = len(sweep.runs)
+    log(f"visprompt demo ({mode}): {total} runs on the synthetic-shapes world -> {out}")
+    log(plan.summary())
+    if plan.busy:
+        raise VispromptError(
+            f"{len(plan.busy)} demo runs are running in another process on {plan.db}; wait for "
+            "it to finish or give another --out"
         )
-    header, rows = summarise(results, spec)
-    md = markdown_table(header, rows)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write_text(out / "results.md", "# visprompt demo results\n\n" + md)
-    atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_text(out / "runs.json", json.dumps(results, indent=2))
-    plot_accuracy(results, spec, out / "accuracy_vs_noise.png")
-    written = [out / "results.md", out / "results.csv", out / "accuracy_vs_noise.png"]
-    noisy_vp = [r for r in results if r["method"] == "visprompt" and r["noise_type"] != "none"]
-    if noisy_vp:
+    counter = iter(range(1, total + 1))
+    for run in plan.done:
+        log(_run_line(plan.db, run, next(counter), total, reused=True))
+    if plan.new:
+        outcome = run_sweep(
+            plan,
+            jobs=1,  # one worker, this process's thread count: the numbers of `visprompt train`
+            progress=progress,
+            on_done=lambda run, info: log(_run_line(plan.db, run, next(counter), total, False)),
+        )
+        if outcome.interrupted:
+            raise KeyboardInterrupt
+        failed = outcome.failed
+    else:
+        failed = {}
+    if failed:
+        first = next(iter(failed.values()))
+        raise VispromptError(
+            f"{len(failed)} of {total} demo runs failed (first: {first}); see "
+            f"`visprompt runs list --db {plan.db} --status failed`, fix the cause and rerun "
+            "the same command (finished runs are reused)"
+        )
+
+    ids = [r.run_id for r in sweep.runs]
+    with ResultsStore(plan.db, create=False) as store:
+        records = load_records(store, run_ids=ids)
+    tables = method_tables(records)
+    md = "\n\n".join(
+        (f"## {t.title}\n\n" if len(tables) > 1 else "") + method_table_markdown(t, DIGITS)
+        for t in tables
+    )
+    csv = (
+        csv_text(tables[0].header(), tables[0].rows(DIGITS))
+        if len(tables) == 1
+        else method_table_csv(tables, DIGITS)
+    )
+    atomic_write_text(out / "results.md", f"# visprompt demo results\n\n{md}\n")
+    atomic_write_text(out / "results.csv", csv)
+    written = [out / "results.md", out / "results.csv"]
+    plot = out / "accuracy_vs_noise.png"
+    first_table = paper_tables(records)[0]
+    tmp = accuracy_overview(first_table, tables[0].key[-1], out / ".accuracy_vs_noise.tmp.png")
+    if tmp is not None:
+        os.replace(tmp, plot)
+        written.append(plot)
+
+    noisy = [
+        r
+        for r in sweep.runs
+        if r.config.method.name == LABEL_ISSUES_METHOD and r.config.noise.type != "none"
+    ]
+    if noisy:
         from visprompt.experiments.label_issues import export_label_issues
 
-        target = noisy_vp[0]
-        issues, path = export_label_issues(
-            out / "runs" / target["run_name"], out / "label_issues.csv"
-        )
+        target = noisy[0]
+        issues, path = export_label_issues(plan.run_dir(target), out / "label_issues.csv")
         written.append(path)
         s = issues.summary
         if "noisy_precision" in s:
             log(
-                f"label issues ({target['run_name']}): {s['num_flagged_noisy']} flagged, "
+                f"label issues ({target.describe()}): {s['num_flagged_noisy']} flagged, "
                 f"precision {100 * s['noisy_precision']:.1f}% recall "
                 f"{100 * s['noisy_recall']:.1f}% against the injected noise"
             )
+    report = write_report(plan.db, out / REPORT_DIR, run_ids=ids)
+    written.append(report.folder / "index.md")
     log("")
-    log(md)
+    log(md + "\n")
     log(f"wrote {', '.join(str(p) for p in written)} in {time.perf_counter() - started:.0f} s")
-    return {"header": header, "rows": rows, "results": results, "files": written}
+    return {
+        "header": tables[0].header(),
+        "rows": tables[0].rows(DIGITS),
+        "tables": tables,
+        "records": records,
+        "sweep": sweep,
+        "db": plan.db,
+        "files": written,
+    }
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    import sys
+
     mode = "default"
     for flag in ("quick", "smoke", "full"):
         if getattr(args, flag):
             if mode != "default":
                 raise VispromptError("choose at most one of --quick, --smoke and --full")
             mode = flag
-    run_demo(args.out, mode, args.overrides, progress=not args.quiet)
+    try:
+        run_demo(args.out, mode, args.overrides, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(
+            "interrupted; run the same command again to continue (finished runs are reused, "
+            "the interrupted one resumes from its last epoch)",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
@@ -302,9 +274,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     p.add_argument("--out", "-o", default="demo-output", help="output folder (demo-output)")
-    p.add_argument("--quick", action="store_true", help="fewer epochs (about 3 minutes)")
+    p.add_argument("--quick", action="store_true", help="fewer epochs (about a minute)")
     p.add_argument("--smoke", action="store_true", help="seconds-long check of the pipeline")
     p.add_argument("--full", action="store_true", help="sym + pair noise, 3 rates, 3 seeds")
-    add_set_argument(p, "override a key of every demo run, e.g. --set optim.epochs=5")
-    p.add_argument("--quiet", "-q", action="store_true", help="no per-epoch progress bars")
+    add_set_argument(
+        p, "override a key of every demo run, e.g. --set optim.epochs=5 (not a key the grid varies)"
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd)

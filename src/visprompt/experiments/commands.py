@@ -42,7 +42,11 @@ def add_commands(subparsers: Any) -> None:
     _add_db_args(p)
     p.add_argument("--jobs", "-j", type=int, default=1, help="runs at a time (worker processes)")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch threads per worker (default: cores/jobs)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per worker (default: this process's torch threads / jobs, so "
+        "--jobs 1 runs with the thread count of `visprompt train`)",
     )
     p.add_argument(
         "--runs-dir", help="folder of the run folders (default: <db folder>/<db name>-runs)"

@@ -20,8 +20,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from visprompt.engine.checkpoint import check_writable
-from visprompt.engine.run import CACHE_OPTION, cache_folder
 from visprompt.errors import VispromptError
 from visprompt.experiments.store import DEFAULT_TIMEOUT, ResultsStore, owner_is_live
 from visprompt.experiments.sweep import Sweep, SweepRun
@@ -92,6 +90,10 @@ def plan_sweep(
     Raises:
         VispromptError: the database's folder is missing or the database is unusable.
     """
+    # the engine (torch, open_clip) is imported here: importing the runner stays cheap
+    from visprompt.engine.checkpoint import check_writable
+    from visprompt.engine.run import CACHE_OPTION, cache_folder
+
     db = Path(db_path).expanduser().absolute()  # workers and run rows get absolute paths
     if not db.parent.is_dir():
         raise VispromptError(
