@@ -45,6 +45,7 @@ from pydantic import (
 )
 from yaml import YAMLError
 
+from visprompt.data.noise import NoiseType
 from visprompt.errors import VispromptError
 from visprompt.method_spec import METHOD_REGISTRY, MethodConfig
 from visprompt.options import Section
@@ -130,9 +131,6 @@ class DataConfig(Section):
         if v is not None and v < 1:
             raise ValueError("data.shots must be at least 1 (or null for all images)")
         return v
-
-
-NoiseType = Literal["none", "real", "sym", "asym", "asym-semantic"]
 
 
 class NoiseConfig(Section):

@@ -209,5 +209,6 @@ def test_ablation_sweep_switches_one_part_at_a_time():
 
 def test_demo_sweep_is_valid():
     sweep = load_sweep(SWEEPS / "demo.yaml")
-    assert len(sweep.runs) == 24
+    # the demo's default mode: zero-shot once, coop/nlprompt/visprompt clean and at sym 50%
+    assert len(sweep.runs) == 7
     assert {r.config.data.dataset for r in sweep.runs} == {"synthetic-shapes"}
