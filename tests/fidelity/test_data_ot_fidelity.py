@@ -23,7 +23,7 @@ from visprompt.methods.base import EpochContext
 from visprompt.methods.nlprompt import NLPromptConfig
 from visprompt.methods.ot_training import CLEAN, NOISY, ot_epoch_plan
 from visprompt.robust.losses import gce_loss
-from visprompt.robust.purify import purify
+from visprompt.robust.ot_purify import purify
 
 # ----------------------------------------------------------------------------- 5: OT blocks
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 
@@ -15,20 +16,24 @@ from vp_testing import assert_same_run, kill_then_resume, rel_err, run_overrides
 
 from visprompt.backbone import load_backbone
 from visprompt.config import load_run_config
-from visprompt.engine.run import read_metrics, train_run
+from visprompt.engine import checkpoint as ckpt
+from visprompt.engine.evaluate import predict_logits
+from visprompt.engine.run import load_run, read_metrics, run_features, train_run
+from visprompt.engine.trainer import epoch_seed
 from visprompt.errors import VispromptError
+from visprompt.experiments.label_issues import CSV_COLUMNS, export_label_issues
 from visprompt.methods import METHOD_REGISTRY
 from visprompt.methods.base import EpochContext, FeatureBatch, TrainBatch
 from visprompt.methods.joapr import (
     JoAPR,
     JoAPRConfig,
     mixup_lambda,
-    partition,
     refurbished_targets,
-    selection_loss,
     uniform_prior_penalty,
 )
 from visprompt.robust.gmm import TwoGaussians, fit_two_gaussians, gaussian_crossing
+from visprompt.robust.purifiers.gmm import GMMOptions, GMMPurifier, partition, selection_loss
+from visprompt.robust.split import CLEAN, NOISY
 
 QUIET = {"progress": False, "log": lambda message: None}
 
@@ -227,7 +232,8 @@ def test_epoch_plan_weights_each_sample_by_its_own_posterior_and_confidence(back
         threshold = part.threshold
         weight = part.posterior * (probs[torch.arange(n), labels] if epoch > 1 else 1.0)
         torch.testing.assert_close(method._weight, weight.float())
-        assert plan.group.tolist() == part.clean.long().tolist()
+        # one loss-group encoding for every method: CLEAN (0) / NOISY (1)
+        assert plan.group.tolist() == torch.where(part.clean, CLEAN, NOISY).tolist()
         assert plan.stats["joapr_threshold"] == threshold
         # every sample is trained on; a step holds at most 4 clean + 4 noisy samples
         assert set(torch.cat(plan.batches).tolist()) == set(range(n))
@@ -242,8 +248,10 @@ def test_epoch_plan_weights_each_sample_by_its_own_posterior_and_confidence(back
     buf.seek(0)
     other = JoAPR(backbone, CLASSES, JoAPRConfig(warmup_epochs=1))
     other.load_extra_state(torch.load(buf, weights_only=True))
-    assert other._threshold == method._threshold and other._partitions == 3
-    assert all(torch.equal(a, b) for a, b in zip(other._history, method._history, strict=True))
+    assert set(method.extra_state()) == {"loss_history", "threshold", "partitions"}
+    mine, theirs = method.purifier, other.purifier
+    assert theirs.threshold == mine.threshold and theirs.partitions == 3
+    assert all(torch.equal(a, b) for a, b in zip(theirs.history, mine.history, strict=True))
 
 
 def test_training_step_matches_a_direct_computation(backbone):
@@ -256,7 +264,7 @@ def test_training_step_matches_a_direct_computation(backbone):
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
     method._warmup = False
     method._weight = torch.linspace(0.1, 0.9, n)
-    group = torch.tensor([1, 1, 1, 0, 0, 1])
+    group = torch.tensor([CLEAN, CLEAN, CLEAN, NOISY, NOISY, CLEAN])
     batch = TrainBatch(FeatureBatch(image=z), labels, torch.arange(n), group)
     torch.manual_seed(11)
     out = method.training_loss(batch)
@@ -271,7 +279,7 @@ def test_training_step_matches_a_direct_computation(backbone):
         targets = torch.zeros(n, 4)
         for i in range(n):
             q = probs[i]
-            if group[i] == 1:
+            if group[i] == CLEAN:
                 w = float(method._weight[i])
                 q = w * F.one_hot(labels[i], 4) + (1 - w) * q
             targets[i] = q**2 / (q**2).sum()
@@ -324,6 +332,7 @@ def test_trains_on_the_colour_dataset_at_half_noise(colour_dataset, tmp_path, pr
     assert result["num_noisy"] == 16 and result["noise_protocol"] == protocol
 
 
+@pytest.mark.slow  # spawns and SIGKILLs a training process
 def test_sigkill_then_resume_reaches_the_same_result(colour_dataset, tmp_path):
     over = run_overrides(
         colour_dataset,
@@ -341,3 +350,39 @@ def test_sigkill_then_resume_reaches_the_same_result(colour_dataset, tmp_path):
         lambda out, *extra: train_command(out, over, *extra), tmp_path, 3, 8
     )
     assert_same_run(full, killed)
+
+
+def test_label_issues_judge_a_joapr_run_with_its_restored_gmm_purifier(colour_dataset, tmp_path):
+    over = run_overrides(
+        colour_dataset,
+        "joapr",
+        **{"noise.type": "sym", "noise.rate": 0.5, "optim.epochs": 4},
+    )  # 1 warm-up + 3 partitioned epochs: the purifier has a history and a threshold
+    train_run(load_run_config(None, over), tmp_path / "r", **QUIET)
+    issues, path = export_label_issues(tmp_path / "r", tmp_path / "issues.csv")
+    assert issues.verdict_source.startswith("gmm purifier on the final model")
+    assert "state of the run's last epoch" in issues.verdict_source
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 32 and tuple(rows[0]) == CSV_COLUMNS
+
+    # Direct: the final model's probabilities, split by a gmm purifier holding the
+    # state saved with the last epoch, drawing from the last epoch's generator.
+    run = load_run(tmp_path / "r")
+    samples, data = run.train_samples()
+    given = torch.tensor(data["given_labels"])
+    feats = run_features(run, samples, progress=False)
+    probs = predict_logits(run.method, feats.plain_view(), 64).softmax(dim=-1)
+    purifier = GMMPurifier(GMMOptions())
+    purifier.load_state_dict(ckpt.load_state(tmp_path / "r")["method_extra"])
+    assert purifier.partitions == 3 and len(purifier.history) == 3
+    generator = torch.Generator().manual_seed(epoch_seed(run.cfg.train_seed, 3) + 1)
+    split = purifier.split(probs, given, epoch=3, num_epochs=4, generator=generator)
+    by_path = {r["path"]: r["verdict"] for r in rows}
+    expected = {s.path: "noisy" if bool(split.noisy[i]) else "clean" for i, s in enumerate(samples)}
+    assert by_path == expected
+    assert issues.summary["num_flagged_noisy"] == int(split.noisy.sum())
+    truth = torch.tensor(data["true_labels"])
+    wrong = given != truth
+    assert issues.summary["noisy_recall"] == pytest.approx(
+        int((split.noisy & wrong).sum()) / int(wrong.sum())
+    )

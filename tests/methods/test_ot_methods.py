@@ -159,9 +159,12 @@ def test_label_issue_export(colour_dataset, tmp_path, method, capsys):
     assert s["num_truly_noisy"] == len(truly_noisy) == 16
     assert s["noisy_recall"] == pytest.approx(len(flagged) / len(truly_noisy))
     if method == "coop":
+        assert issues.verdict_source == "model prediction differs from the given label"
         assert all(
             (r["verdict"] == "noisy") == (r["predicted_label"] != r["given_label"]) for r in rows
         )
+    else:  # the run's own purifier, rebuilt from its options
+        assert issues.verdict_source.startswith("ot purifier on the final model")
     from visprompt.cli import main
 
     assert main(["label-issues", "--run", str(tmp_path / "run"), "--quiet", "--top", "3"]) == 0

@@ -444,7 +444,7 @@ def test_cuda_matches_cpu():
 def test_overflow_fallback_keeps_the_plan_finite_and_correct(monkeypatch):
     # With absorption disabled the float32 scalings overflow; the solver must then
     # redo the iteration exactly in the log domain instead of returning inf/NaN.
-    module = importlib.import_module("visprompt.robust.purify")
+    module = importlib.import_module("visprompt.robust.sinkhorn")
     monkeypatch.setattr(module, "_ABSORB_LOW", 0.0)
     monkeypatch.setattr(module, "_ABSORB_HIGH", float("inf"))
     calls = []

@@ -2,10 +2,17 @@
 
 For every training sample of a finished run: its file, the given label, the
 label the trained model predicts, the model's probability of the given label,
-a verdict (clean/noisy) and a rank score. The verdict of methods trained with
-OT purification (nlprompt, visprompt) is the OT split computed with the final
-model and the run's own OT settings; for every other method a label is judged
-noisy when the model's prediction differs from it. The rank score is
+a verdict (clean/noisy) and a rank score. The verdict of a method that trains
+with a purifier (``method.purify``: ``ot`` for nlprompt and visprompt, ``gmm``
+for joapr) is that purifier's split of the final model's probabilities, one
+code path for all: the purifier is rebuilt from the run's options; a stateful
+one (JoAPR's loss history and threshold) is the method's own, restored with the
+method's extra state from the run's last checkpoint, so the split is the one
+the next epoch would have made; randomness (OT's batch-scope blocks, the
+mixture's initialisation) comes from the last epoch's generator, so OT's blocks
+are cut as the last epoch cut them. For every other method (and ``purify:
+none``) a label is judged noisy when the model's prediction differs from it.
+The rank score is
 ``1 - p(given label)`` (cleanlab's self-confidence, inverted); rows are sorted
 with noisy verdicts first, then by decreasing score.
 
@@ -24,11 +31,13 @@ from pathlib import Path
 import torch
 
 from visprompt.cli import add_allow_unfinished_argument, add_root_argument, warn_unfinished
+from visprompt.engine import checkpoint as ckpt
 from visprompt.engine.checkpoint import atomic_write_text, check_writable
 from visprompt.engine.evaluate import predict_logits
-from visprompt.engine.run import load_run, run_features
+from visprompt.engine.run import LoadedRun, load_run, run_features
 from visprompt.engine.trainer import epoch_seed
-from visprompt.methods.ot_training import OTConfig, run_purification
+from visprompt.errors import VispromptError
+from visprompt.robust.purifier import HasPurifier, Purifier, purifier_for
 
 CSV_COLUMNS = (
     "rank",
@@ -73,16 +82,14 @@ def find_label_issues(
     )
     predicted = probs.argmax(dim=-1)
     prob_given = probs.gather(1, given[:, None]).squeeze(1)
-    cfg = run.cfg.method
-    if isinstance(cfg, OTConfig) and cfg.purify == "ot":
+    judged = run_purifier(run)
+    if judged is not None:
+        purifier, source = judged
         epochs = run.cfg.optim.epochs
         # the last epoch's generator: batch scope cuts the same blocks as training did
         last = torch.Generator().manual_seed(epoch_seed(run.cfg.train_seed, epochs - 1) + 1)
-        result = run_purification(
-            cfg, probs, given, epoch=epochs - 1, num_epochs=epochs, generator=last
-        )
-        noisy = result.noisy_mask.cpu()
-        source = "optimal-transport purification of the final model"
+        split = purifier.split(probs, given, epoch=epochs - 1, num_epochs=epochs, generator=last)
+        noisy = split.noisy.cpu()
     else:
         noisy = predicted != given
         source = "model prediction differs from the given label"
@@ -108,6 +115,34 @@ def find_label_issues(
         )
     summary = _summary(rows, noisy, given, truth)
     return LabelIssues(rows=rows, summary=summary, verdict_source=source, status=run.status)
+
+
+def run_purifier(run: LoadedRun) -> tuple[Purifier, str] | None:
+    """The purifier that judged ``run``'s labels during training, ready to split again.
+
+    Returns (purifier, verdict source), or None for a method without a purifier
+    (or with ``purify: none``, which judges nothing). A method that keeps a
+    stateful purifier (:class:`~visprompt.robust.purifier.HasPurifier`) gets its
+    extra state back from the run's checkpoint first, which restores the
+    purifier's; a stateless one is rebuilt from the run's options.
+    """
+    method = run.method
+    restored = ""
+    if isinstance(method, HasPurifier):
+        purifier = method.purifier
+        try:
+            state = ckpt.load_state(run.out)
+        except VispromptError:  # no (readable) checkpoint: judge with a fresh state
+            restored = ", fresh state (the run's checkpoint is missing)"
+        else:
+            method.load_extra_state(state.get("method_extra") or {})
+            restored = ", state of the run's last epoch"
+    else:
+        purifier = purifier_for(run.cfg.method)
+    if purifier is None or not purifier.judges_labels:
+        return None
+    source = f"{purifier.name} purifier on the final model ({purifier.description}{restored})"
+    return purifier, source
 
 
 def _summary(rows: list[dict], noisy: torch.Tensor, given: torch.Tensor, truth) -> dict:

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from visprompt.errors import VispromptError
+from visprompt.robust.quality import PURIFY_COLUMNS  # the purify_<name> epoch keys, as columns
 
 SCHEMA_VERSION = 1
 #: Marks a file as a visprompt results database ("VPRS").
@@ -72,15 +73,6 @@ EPOCH_COLUMNS = (
     "test_accuracy",
     "test_macro_accuracy",
     "seconds",
-)
-#: ``purify_<name>`` epoch keys stored as columns of ``purification``.
-PURIFY_COLUMNS = (
-    "clean_fraction",
-    "precision",
-    "recall",
-    "noisy_precision",
-    "noisy_recall",
-    "pseudo_acc",
 )
 
 _SCHEMA = f"""

@@ -7,7 +7,8 @@ cross-entropy on the given labels plus a confidence penalty,
 ``L = CE(p, y) + alpha1 * sum_k p_k log p_k`` (negative entropy; it keeps the
 early predictions from becoming over-confident on wrong labels).
 
-Every later epoch starts with a partition of the training set:
+Every later epoch starts with a partition of the training set (the ``gmm``
+purifier, :mod:`visprompt.robust.purifiers.gmm`; ``method.purify: gmm``):
 
 1. A pass over all N training images (clean view, eval mode, in sample order)
    gives ``l_i = CE(p_i, y_i) + H(p_i)``; the vector is min-max normalised
@@ -79,13 +80,12 @@ Deviations from the reference code (each intentional):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from visprompt.method_spec import Requirements, register_method
 from visprompt.methods.base import (
@@ -98,13 +98,14 @@ from visprompt.methods.base import (
     shuffled_batches,
 )
 from visprompt.methods.coop import ContextConfig, ContextMethod
-from visprompt.robust.gmm import TwoGaussians, fit_two_gaussians
 from visprompt.robust.losses import confidence_penalty, cross_entropy, soft_cross_entropy
-from visprompt.robust.purify import split_quality
+from visprompt.robust.purifier import PurifierChoice, purifier_for
+from visprompt.robust.purifiers.gmm import GMMOptions, GMMPurifier
+from visprompt.robust.split import CLEAN
 
 
-class JoAPRConfig(ContextConfig):
-    """JoAPR's options.
+class JoAPRConfig(ContextConfig, PurifierChoice, GMMOptions):
+    """JoAPR's options; the partition's own (``loss_history``, ``gmm_*``) are :class:`GMMOptions`.
 
     The reference's per-dataset settings (warm-up epochs, alpha1, alpha2) for
     its noise rates 12.5%, 25%, 37.5%, 50%, 62.5%, 75% (FP 2..12 of 16 shots),
@@ -133,6 +134,7 @@ class JoAPRConfig(ContextConfig):
     """
 
     name: Literal["joapr"] = "joapr"
+    purify: Literal["gmm"] = Field("gmm", description="the partition rule: JoAPR's loss GMM")
     warmup_epochs: int = Field(
         1,
         ge=0,
@@ -145,14 +147,19 @@ class JoAPRConfig(ContextConfig):
     temperature: float = Field(
         2.0, gt=0.0, description="sharpening exponent T (targets p^T / sum p^T)"
     )
-    loss_history: int = Field(5, ge=1, description="epochs of normalised losses averaged")
-    initial_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="first posterior threshold")
     weight_by_confidence: bool = Field(
         True, description="refurbish with posterior * p(given label) (reference) or posterior only"
     )
-    gmm_max_iter: int = Field(10, ge=1)
-    gmm_tol: float = Field(1e-2, gt=0.0)
-    gmm_reg_covar: float = Field(5e-4, gt=0.0)
+
+    @model_serializer(mode="wrap")
+    def _default_purifier_left_out(self, handler: Any) -> Any:
+        # ``purify`` arrived after JoAPR's first runs: at its default it stays out of
+        # the dumped config (config.yaml, and so the run id), so those runs keep their
+        # ids; any other choice is written and hashed as usual.
+        data = handler(self)
+        if isinstance(data, dict) and self.purify == "gmm":
+            data.pop("purify", None)
+        return data
 
     def requirements(self) -> Requirements:
         warm = self.warmup_epochs
@@ -166,63 +173,6 @@ class JoAPRConfig(ContextConfig):
 
 
 # ---------------------------------------------------------------- the math, as plain functions
-
-
-def selection_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``CE(p_i, y_i) + H(p_i)`` from probabilities (N, K), min-max normalised.
-
-    Probabilities that underflowed to 0 enter the log as the smallest normal
-    float (a finite, very large CE) instead of giving infinities.
-    """
-    p = probs.double()
-    tiny = torch.finfo(p.dtype).tiny
-    ce = -torch.log(p.gather(1, labels.long().view(-1, 1)).squeeze(1).clamp_min(tiny))
-    ent = -torch.special.xlogy(p, p).sum(dim=1)  # 0 log 0 = 0
-    return minmax_normalise(ce + ent)
-
-
-def minmax_normalise(x: torch.Tensor) -> torch.Tensor:
-    """``(x - min) / (max - min)``; a constant vector gives zeros."""
-    low, high = x.min(), x.max()
-    if float(high - low) <= 0.0:
-        return torch.zeros_like(x)
-    return (x - low) / (high - low)
-
-
-@dataclass
-class Partition:
-    """JoAPR's clean/noisy split of one epoch.
-
-    Attributes:
-        clean: (N,) bool, the clean set.
-        posterior: (N,) clean-component posterior w_i.
-        crossing: the crossing point x* of the two component densities.
-        threshold: the posterior threshold applied (the new noise-rate estimate).
-    """
-
-    clean: torch.Tensor
-    posterior: torch.Tensor
-    crossing: float
-    threshold: float
-
-
-def partition(loss: torch.Tensor, mixture: TwoGaussians, previous_threshold: float) -> Partition:
-    """Clean = below the crossing point OR clean posterior above the adaptive threshold.
-
-    Args:
-        loss: (N,) averaged normalised selection losses, in sample order.
-        mixture: the two-component fit to ``loss``.
-        previous_threshold: the threshold of the last partition (0.5 at first).
-
-    Returns:
-        The :class:`Partition`; its ``threshold`` = fraction of samples whose
-        posterior is <= ``previous_threshold`` (the estimated noise rate).
-    """
-    post = torch.from_numpy(mixture.clean_posterior(loss))
-    crossing = mixture.crossing_point()
-    threshold = float((post <= previous_threshold).double().mean())
-    clean = (loss.double().cpu() < crossing) | (post > threshold)
-    return Partition(clean=clean, posterior=post, crossing=crossing, threshold=threshold)
 
 
 def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -327,9 +277,8 @@ class JoAPR(ContextMethod):
 
     def __init__(self, backbone, classnames, config: JoAPRConfig, templates=()):
         super().__init__(backbone, classnames, config, templates)
-        self._history: list[torch.Tensor] = []
-        self._threshold = float(config.initial_threshold)
-        self._partitions = 0
+        # method.purify allows "gmm" alone (JoAPRConfig); its state also counts the partitions
+        self.purifier = cast(GMMPurifier, purifier_for(config))
         self._warmup = True
         self._weight: torch.Tensor | None = None
 
@@ -339,38 +288,26 @@ class JoAPR(ContextMethod):
             self._warmup = True
             return super().start_epoch(ctx)
         self._warmup = False
-        cfg = self.config
         labels = ctx.labels.long().cpu()
         probs = ctx.predict_train().double().cpu()
-        self._history = [*self._history, selection_loss(probs, labels)][-cfg.loss_history :]
-        avg = torch.stack(self._history).mean(dim=0)
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator).item())
-        mixture = fit_two_gaussians(
-            avg, seed, max_iter=cfg.gmm_max_iter, tol=cfg.gmm_tol, reg_covar=cfg.gmm_reg_covar
+        first = self.purifier.partitions == 0
+        split = self.purifier.split(
+            probs, labels, epoch=ctx.epoch, num_epochs=ctx.num_epochs, generator=ctx.generator
         )
-        part = partition(avg, mixture, self._threshold)
-        self._threshold = part.threshold
-        weight = part.posterior
-        if cfg.weight_by_confidence and self._partitions > 0:
+        weight = split.scores  # the clean posterior w_i
+        if self.config.weight_by_confidence and not first:
             weight = weight * probs.gather(1, labels.view(-1, 1)).squeeze(1)
         self._weight = weight.float()
-        self._partitions += 1
-        clean = part.clean
+        clean = split.clean
         all_idx = torch.arange(labels.numel())
         batches = paired_batches(
             all_idx[clean], all_idx[~clean], ctx.batch_size, ctx.generator, ctx.drop_last
         )
-        stats = {
-            "joapr_threshold": part.threshold,
-            "joapr_crossing": part.crossing,
-            "purify_clean_fraction": float(clean.double().mean()),
-        }
-        if ctx.true_labels is not None:
-            quality = split_quality(clean, labels, ctx.true_labels.long().cpu())
-            for key in ("precision", "recall", "noisy_precision", "noisy_recall"):
-                if math.isfinite(quality[key]):  # NaN when a side is empty; not logged then
-                    stats[f"purify_{key}"] = float(quality[key])
-        return EpochPlan(batches=batches, group=clean.long(), stats=stats)
+        return EpochPlan(
+            batches=batches,
+            group=split.group(),
+            stats=self.purifier.metrics(split, labels, ctx.true_labels),
+        )
 
     # -- loss -----------------------------------------------------------------
     def training_loss(self, batch: TrainBatch) -> StepOutput:
@@ -394,7 +331,7 @@ class JoAPR(ContextMethod):
                 logits.softmax(dim=1),
                 batch.labels,
                 self._weight[batch.index.cpu()].to(z.device),
-                batch.group == 1,
+                batch.group == CLEAN,
                 cfg.temperature,
             )
         lam = mixup_lambda(cfg.beta)
@@ -412,16 +349,9 @@ class JoAPR(ContextMethod):
 
     # -- resume -----------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
-        return {
-            "loss_history": [t.clone() for t in self._history],
-            "threshold": self._threshold,
-            "partitions": self._partitions,
-        }
+        # exactly the purifier's state (loss_history, threshold, partitions), as saved
+        # before the purifier had a class of its own: old checkpoints resume unchanged
+        return self.purifier.state_dict()
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        missing = {"loss_history", "threshold", "partitions"} - set(state)
-        if missing:
-            raise ValueError(f"JoAPR state lacks {sorted(missing)}")
-        self._history = [torch.as_tensor(t).double() for t in state["loss_history"]]
-        self._threshold = float(state["threshold"])
-        self._partitions = int(state["partitions"])
+        self.purifier.load_state_dict(state)

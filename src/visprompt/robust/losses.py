@@ -8,7 +8,6 @@ p = softmax(logits) and y for the given label of a sample:
 ``cross_entropy``      CE = -log p_y
 ``gce_loss``           GCE_q = (1 - p_y^q) / q,  q in (0, 1]  (Zhang & Sabuncu 2018)
 ``mae_loss``           MAE = 1 - p_y  (= GCE with q = 1; NLPrompt's noisy-set loss)
-``sce_loss``           SCE = alpha * CE + beta * RCE,  RCE = -A (1 - p_y)  (Wang et al. 2019)
 ``soft_cross_entropy`` -sum_k t_k log p_k  for a target distribution t
 ``entropy``            H(p) = -sum_k p_k log p_k  (always per sample)
 ``confidence_penalty`` sum_k p_k log p_k = -H(p)  (Pereyra et al. 2017; JoAPR's warm-up term)
@@ -17,6 +16,15 @@ p = softmax(logits) and y for the given label of a sample:
 All probabilities are computed from ``log_softmax`` so that no loss takes the
 log of an underflowed probability and every gradient stays finite, also for
 p_y -> 0 (where the textbook form of GCE has an infinite derivative in p).
+
+The losses run inside the training step, so they check only what costs no
+device round trip (shapes, dtypes, the reduction name). Whether every label
+lies in [0, K) needs the labels' min and max on the host - two synchronisations
+per step on a GPU - so it is :func:`check_labels`, for the place where labels
+enter (labels built from a dataset's class list are in range by construction,
+and OT purification checks its labels once per epoch). A direct call
+with a label out of range on the CPU still gets a one-line error: torch's own
+index error is translated; on a GPU it surfaces as torch's device-side assert.
 """
 
 from __future__ import annotations
@@ -37,7 +45,28 @@ def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     return values
 
 
+def check_labels(target: torch.Tensor, num_classes: int) -> None:
+    """Raise a one-line error unless every label in ``target`` lies in [0, num_classes).
+
+    One host synchronisation: call it once where labels enter, not every step.
+    """
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        raise VispromptError(
+            f"target labels must lie in [0, {num_classes - 1}], got "
+            f"[{int(target.min())}, {int(target.max())}]; check that the labels and the "
+            "logits use the same class list"
+        )
+
+
+def _label_error(num_classes: int) -> VispromptError:
+    return VispromptError(
+        f"target labels must lie in [0, {num_classes - 1}]; "
+        "check that the labels and the logits use the same class list"
+    )
+
+
 def _check(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> None:
+    """Shape, dtype and reduction checks: none of them waits for the device."""
     if reduction not in REDUCTIONS:
         raise VispromptError(
             f"unknown loss reduction {reduction!r}; use one of {', '.join(REDUCTIONS)}"
@@ -57,16 +86,17 @@ def _check(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> None:
             f"target must hold integer class indices, got dtype {target.dtype}; "
             "use soft_cross_entropy for probability targets"
         )
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= logits.shape[1]):
-        raise VispromptError(
-            f"target labels must lie in [0, {logits.shape[1] - 1}]; "
-            "check that the labels and the logits use the same class list"
-        )
 
 
 def _log_p_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """log p_y per sample, computed stably."""
-    return F.log_softmax(logits, dim=1).gather(1, target.long().unsqueeze(1)).squeeze(1)
+    log_p = F.log_softmax(logits, dim=1)
+    try:
+        return log_p.gather(1, target.long().unsqueeze(1)).squeeze(1)
+    except RuntimeError as exc:  # the CPU's synchronous index check
+        if "out of bounds" in str(exc):
+            raise _label_error(logits.shape[1]) from None
+        raise
 
 
 def cross_entropy(
@@ -83,7 +113,12 @@ def cross_entropy(
         The reduced loss (scalar) or the (N,) per-sample losses.
     """
     _check(logits, target, reduction)
-    return F.cross_entropy(logits, target.long(), reduction=reduction)
+    try:
+        return F.cross_entropy(logits, target.long(), reduction=reduction)
+    except IndexError as exc:  # the CPU's synchronous target check
+        if "out of bounds" in str(exc):
+            raise _label_error(logits.shape[1]) from None
+        raise
 
 
 def gce_loss(
@@ -135,50 +170,6 @@ def mae_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
     """
     _check(logits, target, reduction)
     return _reduce(1.0 - torch.exp(_log_p_target(logits, target)), reduction)
-
-
-def sce_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    alpha: float = 0.5,
-    beta: float = 1.0,
-    log_clamp: float = -4.0,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """Symmetric cross-entropy alpha * CE + beta * RCE.
-
-    The reverse cross-entropy swaps prediction and target:
-    RCE = -sum_k p_k log q_k with q = onehot(y) and log 0 replaced by
-    ``log_clamp`` = A, which gives RCE = -A (1 - p_y) (A = -4 in Wang et al.,
-    ICCV 2019). Defaults alpha = 0.5, beta = 1.0 are VisPrompt's. VisPrompt's
-    released class instead smooths the one-hot target with 1e-6
-    (q = onehot * (1 - 1e-6) + 1e-6 / K), i.e. A = log(1e-6 / K) plus a term
-    below 1e-6; pass ``log_clamp=math.log(1e-6 / K)`` to reproduce it.
-
-    Args:
-        logits: (N, K) raw class scores.
-        target: (N,) integer labels in [0, K).
-        alpha: weight of CE.
-        beta: weight of RCE.
-        log_clamp: A, the value that stands for log 0 (must be < 0).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-
-    Returns:
-        The reduced loss (scalar) or the (N,) per-sample losses.
-
-    Raises:
-        VispromptError: if ``log_clamp`` is not negative or the inputs are malformed.
-    """
-    if not float(log_clamp) < 0.0:
-        raise VispromptError(
-            f"SCE log_clamp (the value standing for log 0) must be negative, got {log_clamp}; "
-            "use e.g. -4.0"
-        )
-    _check(logits, target, reduction)
-    log_p_y = _log_p_target(logits, target)
-    ce = -log_p_y
-    rce = -float(log_clamp) * (1.0 - torch.exp(log_p_y))
-    return _reduce(alpha * ce + beta * rce, reduction)
 
 
 def soft_cross_entropy(
@@ -245,11 +236,11 @@ def confidence_penalty(logits: torch.Tensor, reduction: str = "mean") -> torch.T
 
 __all__ = [
     "REDUCTIONS",
+    "check_labels",
     "confidence_penalty",
     "cross_entropy",
     "entropy",
     "gce_loss",
     "mae_loss",
-    "sce_loss",
     "soft_cross_entropy",
 ]
