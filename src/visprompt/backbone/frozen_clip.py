@@ -22,8 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
@@ -162,15 +164,17 @@ class FrozenCLIP(nn.Module):
         size = self.model.visual.image_size
         return int(size[0] if isinstance(size, (tuple, list)) else size)
 
+    # open_clip's own reading of a model's preprocessing (its preprocess_cfg, or the
+    # legacy image_mean/image_std attributes); CLIP's OpenAI statistics where it has none
     @property
     def image_mean(self) -> tuple[float, float, float]:
-        cfg = getattr(self.model.visual, "preprocess_cfg", {}) or {}
-        return tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
+        cfg = dict(open_clip.get_model_preprocess_cfg(self.model))
+        return tuple(cfg.get("mean") or OPENAI_DATASET_MEAN)
 
     @property
     def image_std(self) -> tuple[float, float, float]:
-        cfg = getattr(self.model.visual, "preprocess_cfg", {}) or {}
-        return tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
+        cfg = dict(open_clip.get_model_preprocess_cfg(self.model))
+        return tuple(cfg.get("std") or OPENAI_DATASET_STD)
 
     @property
     def logit_scale(self) -> float:

@@ -470,13 +470,16 @@ def train_run(
         if (every and (epoch + 1) % every == 0) or last:
             metrics.update(evaluate_test(prep))
         history.append(metrics)
-        _write_metrics(out, history)
+        # the checkpoint first: it holds the history, so a kill between the two writes
+        # leaves metrics.jsonl one epoch behind (rewritten whole at the next epoch), never
+        # an epoch logged without the state to resume it from
         state = trainer.state_dict()
         state.update(epoch=epoch, history=history, rng=ckpt.rng_state())
         ckpt.save_state(out, state)
         ckpt.save_weights(
             out / ckpt.WEIGHTS_FILE, method.state_dict(), weights_metadata(prep, epoch + 1)
         )
+        _write_metrics(out, history)
         shown = ", ".join(
             f"{k} {v:.2f}" for k, v in metrics.items() if k in ("train_loss", "train_acc")
         )
