@@ -42,6 +42,7 @@ from visprompt.engine.evaluate import accuracy_metrics, predict_logits
 from visprompt.engine.trainer import TrainData, Trainer
 from visprompt.errors import VispromptError
 from visprompt.methods import METHOD_REGISTRY, PromptMethod
+from visprompt.robust.quality import PURIFY_PREFIX
 
 CONFIG_FILE = "config.yaml"
 TRAINSET_FILE = "trainset.json"
@@ -491,7 +492,7 @@ def train_run(
     final = {k: history[-1][k] for k in ("test_accuracy", "test_macro_accuracy")}
     result = _result(cfg, prep, final, started)
     result["seconds_per_epoch"] = sum(h["seconds"] for h in history) / len(history)
-    result.update({k: v for k, v in history[-1].items() if k.startswith("purify_")})
+    result.update({k: v for k, v in history[-1].items() if k.startswith(PURIFY_PREFIX)})
     return _write_result(out, cfg, result, log)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from visprompt.cli import add_set_argument
 from visprompt.errors import VispromptError
+from visprompt.robust.quality import PURIFY_PREFIX
 
 DEFAULT_DB = "results.sqlite"
 
@@ -254,7 +255,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     print("  " + yaml.safe_dump(run["config"], sort_keys=False).rstrip().replace("\n", "\n  "))
     if epochs:
         keys = ["epoch", "lr", "train_loss", "train_acc", "test_accuracy"]
-        keys += sorted({k for m in epochs for k in m if k.startswith("purify_")})
+        keys += sorted({k for m in epochs for k in m if k.startswith(PURIFY_PREFIX)})
         print("epochs:")
         print("  " + "  ".join(f"{k:>12s}" for k in keys))
         for m in epochs:

@@ -271,6 +271,8 @@ def _final_purification(record: RunRecord) -> dict | None:
 
 # ---------------------------------------------------------------- purification curves
 
+#: the logged split metrics (:data:`visprompt.robust.quality.PURIFY_COLUMNS`) a report plots and
+#: tabulates per epoch, in its column order (pseudo-label accuracy is OT-only, left out)
 PURIFY_METRICS = ("precision", "recall", "clean_fraction", "noisy_precision", "noisy_recall")
 
 
