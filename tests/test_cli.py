@@ -11,7 +11,8 @@ from vp_testing import run_overrides
 
 from visprompt.cli import build_parser, main
 from visprompt.config import load_run_config
-from visprompt.engine.run import evaluate_run, train_run
+from visprompt.engine.reload import evaluate_run
+from visprompt.engine.run import train_run
 from visprompt.errors import VispromptError
 
 

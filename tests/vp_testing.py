@@ -111,7 +111,7 @@ def kill_then_resume(
     ``command(out, "--resume")``. Returns both run folders (the same process
     setup for both runs, so their floats are comparable bit for bit).
     """
-    from visprompt.engine.run import read_metrics  # late: conftest imports this module
+    from visprompt.engine.run_folder import read_metrics  # late: conftest imports this module
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     full, killed = tmp / "full", tmp / "killed"
@@ -140,7 +140,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     """Two run folders ended with the same result, epoch metrics and weights."""
     from safetensors.torch import load_file
 
-    from visprompt.engine.run import read_metrics
+    from visprompt.engine.run_folder import read_metrics
 
     ra = json.loads((a / "result.json").read_text())
     rb = json.loads((b / "result.json").read_text())

@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from visprompt.engine.run import evaluate_run
+    from visprompt.engine.reload import evaluate_run
 
     m = evaluate_run(
         args.run,
@@ -109,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from visprompt.data.datasets._common import IMAGE_EXTENSIONS
-    from visprompt.engine.run import predict_paths
+    from visprompt.engine.reload import predict_paths
 
     paths = list(args.images)
     folders = [p for p in paths if Path(p).is_dir()]

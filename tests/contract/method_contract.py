@@ -29,14 +29,9 @@ from vp_testing import assert_same_run, kill_then_resume, run_overrides, train_c
 
 from visprompt.config import RunConfig, load_run_config
 from visprompt.engine import checkpoint as ckpt
-from visprompt.engine.run import (
-    RESULT_FILE,
-    build_backbone,
-    build_method,
-    read_dataset,
-    read_metrics,
-    train_run,
-)
+from visprompt.engine.assembly import build_backbone, build_method, read_dataset
+from visprompt.engine.run import train_run
+from visprompt.engine.run_folder import RESULT_FILE, read_metrics
 from visprompt.methods import METHOD_REGISTRY, PromptMethod
 
 QUIET = {"progress": False, "log": lambda message: None}

@@ -15,7 +15,9 @@ from visprompt.cli import main
 from visprompt.config import load_run_config
 from visprompt.data import features as features_mod
 from visprompt.engine.optim import lr_factor
-from visprompt.engine.run import evaluate_run, predict_paths, read_metrics, train_run
+from visprompt.engine.reload import evaluate_run, predict_paths
+from visprompt.engine.run import train_run
+from visprompt.engine.run_folder import read_metrics
 from visprompt.errors import VispromptError
 
 QUIET = {"progress": False, "log": lambda message: None}

@@ -24,7 +24,8 @@ from conftest import (
 
 from visprompt.cli import main
 from visprompt.config import validate_run_config
-from visprompt.engine.run import read_metrics, train_run
+from visprompt.engine.run import train_run
+from visprompt.engine.run_folder import read_metrics
 from visprompt.experiments.store import ResultsStore
 from visprompt.experiments.sweep import load_sweep
 

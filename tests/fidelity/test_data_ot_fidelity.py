@@ -236,7 +236,7 @@ def test_balanced_protocol_builds_every_ptnl_setting_on_caltech_like_classes():
 
 def test_balanced_duplicates_are_counted_in_the_training_set_record():
     from visprompt.config import load_run_config
-    from visprompt.engine.run import build_training_set
+    from visprompt.engine.assembly import build_training_set
 
     cfg = load_run_config(
         None,

@@ -22,7 +22,8 @@ import torch
 from vp_testing import run_overrides
 
 from visprompt.config import load_run_config
-from visprompt.engine.run import read_metrics, train_run
+from visprompt.engine.run import train_run
+from visprompt.engine.run_folder import read_metrics
 from visprompt.methods import METHOD_REGISTRY
 from visprompt.methods.base import EpochContext, PromptMethod
 from visprompt.methods.joapr import paired_batches

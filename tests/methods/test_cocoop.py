@@ -9,7 +9,9 @@ from vp_testing import rel_err, run_overrides
 
 from visprompt.backbone import load_backbone
 from visprompt.config import load_run_config
-from visprompt.engine.run import evaluate_run, read_metrics, train_run
+from visprompt.engine.reload import evaluate_run
+from visprompt.engine.run import train_run
+from visprompt.engine.run_folder import read_metrics
 from visprompt.methods import METHOD_REGISTRY
 from visprompt.methods.base import FeatureBatch
 from visprompt.methods.cocoop import CoCoOp, CoCoOpConfig

@@ -18,7 +18,9 @@ from visprompt.backbone import load_backbone
 from visprompt.config import load_run_config
 from visprompt.engine import checkpoint as ckpt
 from visprompt.engine.evaluate import predict_logits
-from visprompt.engine.run import load_run, read_metrics, run_features, train_run
+from visprompt.engine.reload import load_run, run_features
+from visprompt.engine.run import train_run
+from visprompt.engine.run_folder import read_metrics
 from visprompt.engine.trainer import epoch_seed
 from visprompt.errors import VispromptError
 from visprompt.experiments.label_issues import CSV_COLUMNS, export_label_issues

@@ -18,8 +18,9 @@ from vp_testing import (
 
 from visprompt.config import load_run_config
 from visprompt.engine import run as run_mod
-from visprompt.engine.run import evaluate_run, train_run
-from visprompt.engine.run import read_metrics as metrics
+from visprompt.engine.reload import evaluate_run
+from visprompt.engine.run import train_run
+from visprompt.engine.run_folder import read_metrics as metrics
 from visprompt.experiments.label_issues import export_label_issues
 from visprompt.methods.base import EpochContext
 from visprompt.methods.nlprompt import NLPromptConfig

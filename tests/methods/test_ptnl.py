@@ -74,7 +74,8 @@ def test_reference_defaults_and_balanced_protocol_by_default(colour_dataset):
 
 @pytest.mark.parametrize("protocol,noise_type", [("relabel", "sym"), ("balanced", "asym")])
 def test_trains_on_the_colour_dataset_at_half_noise(colour_dataset, tmp_path, protocol, noise_type):
-    from visprompt.engine.run import read_metrics, train_run
+    from visprompt.engine.run import train_run
+    from visprompt.engine.run_folder import read_metrics
 
     over = run_overrides(
         colour_dataset,

@@ -9,7 +9,7 @@ from vp_testing import rel_err
 from visprompt.backbone import load_backbone
 from visprompt.backbone.loader import tiny_clip
 from visprompt.config import load_run_config
-from visprompt.engine.run import build_backbone
+from visprompt.engine.assembly import build_backbone
 from visprompt.errors import VispromptError
 from visprompt.methods import METHOD_REGISTRY, FeatureBatch, TrainBatch
 from visprompt.methods.base import EpochContext

@@ -34,7 +34,7 @@ from visprompt.cli import add_allow_unfinished_argument, add_root_argument, warn
 from visprompt.engine import checkpoint as ckpt
 from visprompt.engine.checkpoint import atomic_write_text, check_writable
 from visprompt.engine.evaluate import predict_logits
-from visprompt.engine.run import LoadedRun, load_run, run_features
+from visprompt.engine.reload import LoadedRun, load_run, run_features
 from visprompt.engine.trainer import epoch_seed
 from visprompt.errors import VispromptError
 from visprompt.robust.purifier import HasPurifier, Purifier, purifier_for

@@ -150,7 +150,7 @@ def start_mode(run_dir: Path, config: dict, fresh: bool) -> str:
     """
     from visprompt.config import diff_configs, identity_dict
     from visprompt.engine import checkpoint as ckpt
-    from visprompt.engine.run import CONFIG_FILE, RESULT_FILE
+    from visprompt.engine.run_folder import CONFIG_FILE, RESULT_FILE
 
     if not (run_dir / CONFIG_FILE).is_file():
         return "fresh"
@@ -172,7 +172,8 @@ def start_mode(run_dir: Path, config: dict, fresh: bool) -> str:
 def execute(task: dict, store: Any, conn: Any = None) -> tuple[str, str, Any]:
     """Run one task to completion; returns the message for the parent."""
     from visprompt.config import validate_run_config
-    from visprompt.engine.run import RESULT_FILE, read_metrics, train_run
+    from visprompt.engine.run import train_run
+    from visprompt.engine.run_folder import RESULT_FILE, read_metrics
     from visprompt.errors import VispromptError
 
     run_id = task["run_id"]

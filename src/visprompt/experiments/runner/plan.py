@@ -92,7 +92,7 @@ def plan_sweep(
     """
     # the engine (torch, open_clip) is imported here: importing the runner stays cheap
     from visprompt.engine.checkpoint import check_writable
-    from visprompt.engine.run import CACHE_OPTION, cache_folder
+    from visprompt.engine.run_folder import CACHE_OPTION, cache_folder
 
     db = Path(db_path).expanduser().absolute()  # workers and run rows get absolute paths
     if not db.parent.is_dir():
@@ -135,6 +135,6 @@ def plan_sweep(
 
 def _has_progress(run_dir: Path) -> bool:
     from visprompt.engine import checkpoint as ckpt
-    from visprompt.engine.run import RESULT_FILE
+    from visprompt.engine.run_folder import RESULT_FILE
 
     return (run_dir / ckpt.STATE_FILE).is_file() or (run_dir / RESULT_FILE).is_file()
