@@ -130,14 +130,8 @@ def _is_torchscript_archive(path: Path) -> bool:
 def read_state_dict(path: Path, allow_torchscript: bool = False) -> dict[str, torch.Tensor]:
     """The weights in a checkpoint file, loaded without running code from it."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise VispromptError(f"cannot read checkpoint {path}: {exc}") from None
-    elif _is_torchscript_archive(path):
+    if _is_torchscript_archive(path):
+        # the gate open_clip has not: a TorchScript archive runs code when loaded
         if not allow_torchscript:
             raise VispromptError(
                 f"checkpoint {path} is a TorchScript archive, and loading one runs code stored "
@@ -145,15 +139,16 @@ def read_state_dict(path: Path, allow_torchscript: bool = False) -> dict[str, to
             )
         state = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
+        # open_clip's reader: safetensors or a weights-only torch.load, a checkpoint's
+        # "state_dict" entry, DataParallel's "module." prefix
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
+            state = open_clip.factory.load_state_dict(str(path), weights_only=True)
+        except Exception as exc:  # torch and safetensors raise many error types
+            kind = "a safetensors" if path.suffix == ".safetensors" else "a weights-only"
             raise VispromptError(
-                f"cannot read checkpoint {path} as a weights-only file ({type(exc).__name__}); "
+                f"cannot read checkpoint {path} as {kind} file ({type(exc).__name__}); "
                 "give a state dict saved with torch.save, a .safetensors file, or an OpenAI .pt"
             ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
     if not isinstance(state, dict) or not state:
         raise VispromptError(f"checkpoint {path} holds no state dict of tensors")
     state = {
