@@ -240,16 +240,21 @@ def median(values: Sequence[float]) -> float:
 def make_method(
     name: str, backbone: FrozenCLIP, classnames: Sequence[str], chunk_size: int | None
 ) -> tuple[PromptMethod, str]:
-    """The method to time and a label saying which implementation it is."""
+    """The method to time and a label saying which implementation it is.
+
+    ``chunk_size`` is the backbone's setting (``engine.chunk_size``): it is set on
+    ``backbone`` here, for every method built on it.
+    """
+    backbone.with_engine(text_encoding=backbone.text_encoding, chunk_size=chunk_size)
     torch.manual_seed(0)
     if name == "coop":
-        method: PromptMethod = CoOp(backbone, classnames, CoOpConfig(), chunk_size=chunk_size)
+        method: PromptMethod = CoOp(backbone, classnames, CoOpConfig())
         label = "coop"
     elif name == "visprompt":
         entry = METHOD_REGISTRY.get("visprompt")
         # Dropout off so the two paths see the same numbers; it acts on B x M x d values.
         config = entry.config_cls(name="visprompt", dropout=0.0)
-        method = entry.cls(backbone, classnames, config, chunk_size=chunk_size)
+        method = entry.cls(backbone, classnames, config)
         label = "visprompt"
     else:
         raise SystemExit(f"unknown method {name!r}")

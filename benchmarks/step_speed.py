@@ -83,17 +83,25 @@ def bench_one(args, backbone, arch: str, k: int, name: str, rows: list, checks: 
     initial = {key: v.detach().clone() for key, v in method.state_dict().items()}
     reps_ref = args.ref_reps
     inputs = make_inputs(backbone, args.batch, k, views=max(reps_ref, args.reps) + 1)
-    micro = args.batch if not method.per_image else max(1, args.ref_seqs // k)
+    micro = (
+        args.batch
+        if not method.config.requirements().per_image_prompts
+        else max(1, args.ref_seqs // k)
+    )
     precision = "amp" if args.amp else "fp32"
 
     def path(live, micro_batch, reps, warm, setup, chunk_size):
-        method.chunk_size = method.prompt.chunk_size = chunk_size
+        method.backbone.with_engine(
+            text_encoding=method.backbone.text_encoding, chunk_size=chunk_size
+        )
         try:
             return time_path(
                 method, initial, inputs, reps, live, micro_batch, precision, warm, setup
             )
         finally:
-            method.chunk_size = method.prompt.chunk_size = chunk
+            method.backbone.with_engine(
+                text_encoding=method.backbone.text_encoding, chunk_size=chunk
+            )
 
     def reference():
         return reference_text_encoding(backbone)
@@ -129,7 +137,7 @@ def bench_one(args, backbone, arch: str, k: int, name: str, rows: list, checks: 
             "cpu_speedup": ref_cpu / cpu,
         }
         if path_name == "reference":
-            per_call = micro * k if method.per_image else k
+            per_call = micro * k if method.config.requirements().per_image_prompts else k
             row["note"] = f"image tower {image_time:.2f}s; text calls of {per_call} prompts"
         else:
             dl = rel_diff(ref_first.logits, first.logits)

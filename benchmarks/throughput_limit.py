@@ -126,7 +126,7 @@ def main() -> None:
         run_step(method, optimizer, inputs, 0, False, args.batch, precision)
 
     def set_chunk(chunk):
-        method.chunk_size = method.prompt.chunk_size = chunk
+        method.backbone.with_engine(text_encoding=method.backbone.text_encoding, chunk_size=chunk)
 
     # Text encoder alone: the step's per-image contexts, forward and backward.
     with torch.no_grad(), autocast_context(device, precision):
