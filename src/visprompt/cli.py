@@ -191,14 +191,14 @@ def cmd_datasets_check(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:  # noqa: ARG001
     from visprompt.methods import METHOD_REGISTRY
 
+    width = max(len(name) for name in METHOD_REGISTRY.names())
     for name in METHOD_REGISTRY.names():
         entry = METHOD_REGISTRY.get(name)
-        print(
-            f"{name:10s} {entry.description}\n{'':10s} text sequences per step: {entry.text_cost}"
-        )
+        print(f"{name:{width}s} {entry.description}")
+        print(f"{'':{width}s} text sequences per step: {entry.text_cost}")
         if entry.reference:
             released = ", ".join(f"{k}={v}" for k, v in entry.reference.items())
-            print(f"{'':10s} preset: reference sets {released}")
+            print(f"{'':{width}s} preset: reference sets {released}")
     return 0
 
 

@@ -146,9 +146,9 @@ def check_sigkilled_run_resumes_to_the_same_run(
 ) -> None:
     """A ``visprompt train`` process SIGKILLed mid-run and resumed ends the same.
 
-    Killed once 2 epochs are in ``metrics.jsonl``: the run folder writes an
-    epoch's metrics line just before its ``state.pt``, so a kill after the first
-    line alone can land before the first checkpoint exists (nothing to resume).
+    Killed once 2 epochs are in ``metrics.jsonl`` (each epoch's line is written
+    after its ``state.pt``, so there is always a checkpoint to resume from), with
+    epochs still to go.
     """
     full, killed = kill_then_resume(
         lambda out, *extra: train_command(out, overrides, *extra), tmp, 2, epochs

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from vp_testing import assert_same_run, kill_then_resume, run_overrides, train_command
+from vp_testing import run_overrides
 
 from visprompt.cli import main
 from visprompt.config import load_run_config
@@ -128,17 +128,6 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(1, cfg.optim) == pytest.approx(1.0)  # the cosine starts after the warm-up
     assert lr_factor(6, cfg.optim) == pytest.approx(0.5)
     assert lr_factor(1, cfg.optim) > lr_factor(2, cfg.optim) > lr_factor(9, cfg.optim) > 0
-
-
-@pytest.mark.slow  # spawns and SIGKILLs a training process
-def test_sigkill_then_resume_reaches_the_same_result(colour_dataset, tmp_path):
-    over = run_overrides(
-        colour_dataset, "coop", **{"optim.epochs": 30, "optim.batch_size": 4, "optim.lr": 0.01}
-    )
-    full, killed = kill_then_resume(
-        lambda out, *extra: train_command(out, over, *extra), tmp_path, 3, 30
-    )
-    assert_same_run(full, killed)
 
 
 def test_run_folder_errors(colour_dataset, tmp_path):

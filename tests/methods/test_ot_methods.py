@@ -9,11 +9,8 @@ import pytest
 import torch
 import yaml
 from vp_testing import (
-    assert_same_run,
-    kill_then_resume,
     rel_err,
     run_overrides,
-    train_command,
 )
 
 from visprompt.config import load_run_config
@@ -117,30 +114,6 @@ def test_interrupted_run_resumes_to_the_same_result(colour_dataset, tmp_path, me
     assert resumed["test_accuracy"] == full["test_accuracy"]
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(metrics(tmp_path / "cut")) == strip(metrics(tmp_path / "full"))
-
-
-@pytest.mark.slow  # spawns and SIGKILLs a training process
-def test_visprompt_resumes_after_sigkill(colour_dataset, tmp_path):
-    over = run_overrides(
-        colour_dataset,
-        "visprompt",
-        **NOISE,
-        **{
-            "optim.epochs": 8,
-            "optim.batch_size": 4,
-            "method.hidden_dim": 32,
-            "method.heads": 4,
-            "method.pool_size": 4,
-            "optim.lr": 0.01,
-        },
-    )
-    config = write_yaml(tmp_path / "vp.yaml", over)
-
-    def command(out: Path, *extra: str) -> list[str]:
-        return train_command(out, [], "--config", str(config), *extra)
-
-    full, killed = kill_then_resume(command, tmp_path, 2, 8)
-    assert_same_run(full, killed)
 
 
 @pytest.mark.parametrize("method", ["nlprompt", "coop"])

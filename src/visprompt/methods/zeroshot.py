@@ -6,6 +6,7 @@ of its templates (CoOp's per-dataset template; several are averaged).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -22,6 +23,25 @@ class ZeroShotConfig(MethodConfig):
     templates: list[str] | None = None
 
 
+@torch.no_grad()
+def zero_shot_weights(
+    backbone, classnames: Sequence[str], templates: Sequence[str] = ()
+) -> torch.Tensor:
+    """(K, D) zero-shot classifier: per class, the normalised mean of its templates'
+    normalised text features (CLIP's and Tip-Adapter's ensembling; one template: its
+    feature). ``templates`` default to ``"a photo of a {}."``.
+
+    The one home of the hand-written-prompt classifier: zero-shot evaluates with it,
+    and the baselines that anchor to it (TaskRes, CLAP, KgCoOp, ProGrad) start from it.
+    """
+    used = tuple(templates or ("a photo of a {}.",))
+    feats = []
+    for name in classnames:
+        texts = [t.format(clean_classname(name)) for t in used]
+        feats.append(F.normalize(backbone.encode_text(texts).mean(0), dim=-1))
+    return torch.stack(feats).float()
+
+
 @register_method(
     "zeroshot",
     config=ZeroShotConfig,
@@ -35,12 +55,8 @@ class ZeroShot(PromptMethod):
 
     def __init__(self, backbone, classnames, config: ZeroShotConfig, templates=()):
         super().__init__(backbone, classnames, config, templates)
-        used = tuple(config.templates or templates or ("a photo of a {}.",))
-        feats = []
-        for name in self.classnames:
-            texts = [t.format(clean_classname(name)) for t in used]
-            feats.append(F.normalize(backbone.encode_text(texts).mean(0), dim=-1))
-        self.register_buffer("text", torch.stack(feats), persistent=False)
+        text = zero_shot_weights(backbone, self.classnames, config.templates or templates)
+        self.register_buffer("text", text, persistent=False)
 
     def class_text_features(self) -> torch.Tensor:
         return self.text
