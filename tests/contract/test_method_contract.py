@@ -43,8 +43,20 @@ def test_interrupted_run_resumes_to_the_same_run(name, colour_dataset, tmp_path)
     )
 
 
+#: One method per kind of state a killed process must get back: the plain loop (coop),
+#: per-image prompts + OT + dropout's RNG (visprompt), a stateful purifier + mixup's RNG
+#: (joapr), extra state computed before the first epoch (clap). Every registered method's
+#: own state round trip is the in-process resume test above; the process-level path
+#: (files on disk, a fresh interpreter) is the same engine code for all of them.
+SIGKILL_METHODS = ("coop", "visprompt", "joapr", "clap")
+
+
+def test_the_sigkill_sample_is_registered():
+    assert set(SIGKILL_METHODS) <= set(trainable_method_names())
+
+
 @pytest.mark.slow  # three `visprompt train` processes, one of them SIGKILLed
-@pytest.mark.parametrize("name", trainable_method_names())
+@pytest.mark.parametrize("name", SIGKILL_METHODS)
 def test_sigkilled_run_resumes_to_the_same_run(name, colour_dataset, tmp_path):
     # enough epochs that the kill (after epoch 2) lands before the run ends
     epochs = 10

@@ -1,5 +1,12 @@
 """The feature-level and CoOp-family baselines: each one's defining computation, by hand.
 
+Restated from the reference code (commit and file in each method's docstring):
+geekyutao/TaskRes 5195359 ``trainers/taskres.py``; gaopengcuhk/CLIP-Adapter
+08d07f8 ``clip_adapter.py``; jusiro/CLAP dbdf409 ``trainers/adapters.py``
+(``zero_shot_constraint``, ``init_lagrangian_multipliers``); htyao89/KgCoOp
+c43ccc3 ``KgCoOp/trainers/kgcoop.py``; BeierZhu/Prompt-align 1b76203
+``Dassl.ProGrad.pytorch/dassl/engine/trainer.py`` (``prograd_backward_and_update``).
+
 TaskRes, CLIP-Adapter, ZS-LP, CLAP (heads on the frozen features against the
 zero-shot classifier), KgCoOp (CoOp + distance to the zero-shot text features)
 and ProGrad (CoOp with the CE gradient projected off the zero-shot KL's
