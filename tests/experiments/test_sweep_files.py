@@ -212,3 +212,20 @@ def test_demo_sweep_is_valid():
     # the demo's default mode: zero-shot once, coop/nlprompt/visprompt clean and at sym 50%
     assert len(sweep.runs) == 7
     assert {r.config.data.dataset for r in sweep.runs} == {"synthetic-shapes"}
+
+
+def test_baselines_demo_sweep_covers_every_baseline_under_their_settings():
+    sweep = load_sweep(SWEEPS / "baselines-demo.yaml")
+    methods = {r.config.method.name for r in sweep.runs}
+    assert methods == {
+        "zeroshot", "coop", "nlprompt", "visprompt", "kgcoop", "prograd",
+        "clip-adapter", "taskres", "zs-lp", "clap",
+    }  # fmt: skip
+    assert len(sweep.runs) == 3 + 6 * 9 + 9 + 2 * 9
+    by_method = {r.config.method.name: r.config.optim for r in sweep.runs}
+    assert (by_method["clap"].name, by_method["clap"].lr, by_method["clap"].epochs) == (
+        "sgd",
+        0.1,
+        300,
+    )
+    assert by_method["taskres"].name == "adam" and by_method["coop"].epochs == 30
