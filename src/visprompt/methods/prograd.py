@@ -44,12 +44,16 @@ class ProGradConfig(ContextConfig):
 
 
 def project_conflict(g: torch.Tensor, g_kl: torch.Tensor, weight: float) -> torch.Tensor:
-    """``g`` with ``weight`` times its component along ``g_kl`` removed when they conflict."""
+    """``g`` with ``weight`` times its component along ``g_kl`` removed when they conflict.
+
+    Decided on the device (``torch.where``), so a training step never waits for
+    the host to read the sign; no conflict, or a zero ``g_kl``, leaves ``g`` as it is.
+    """
     dot = (g * g_kl).sum()
     norm2 = (g_kl * g_kl).sum()
-    if dot >= 0 or norm2 == 0:
-        return g
-    return g - weight * (dot / norm2) * g_kl
+    conflict = (dot < 0) & (norm2 > 0)
+    coef = torch.where(conflict, dot / torch.where(conflict, norm2, 1.0), 0.0)
+    return g - weight * coef * g_kl
 
 
 @register_method(
