@@ -45,6 +45,16 @@ def add_allow_unfinished_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_mlflow_argument(p: argparse.ArgumentParser) -> None:
+    """``--mlflow URI``: also log runs to MLflow (sets ``tracking.mlflow``)."""
+    p.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="also log to this MLflow tracking server or sqlite:///FILE store "
+        "(needs pip install 'visprompt[mlflow]')",
+    )
+
+
 def add_root_argument(p: argparse.ArgumentParser) -> None:
     """``--root``: the run's data moved; checked against the dataset's recorded fingerprint."""
     p.add_argument(
@@ -75,6 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append("use_cache=false")
     if args.allow_fewer:
         overrides.append("data.allow_fewer=true")
+    if args.mlflow:
+        overrides.append(f"tracking.mlflow={args.mlflow}")
     cfg = load_run_config(args.config, overrides)
     result = train_run(
         cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet
@@ -239,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use all images of classes that have fewer than data.shots",
     )
+    add_mlflow_argument(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 

@@ -1,7 +1,7 @@
 """Typed run configuration: a YAML file plus dotted overrides, validated once at the edge.
 
 A run config has the sections ``backbone``, ``data``, ``noise``, ``method``,
-``optim``, ``eval``, ``engine`` and the keys ``precision``, ``seed`` and
+``optim``, ``eval``, ``engine``, ``tracking`` and the keys ``precision``, ``seed`` and
 ``preset``. Each method registers its own pydantic model for its options
 (``method.name`` chooses it) and may declare its paper's defaults (e.g.
 VisPrompt's batch size 16) that apply wherever the user did not set a value.
@@ -216,6 +216,18 @@ class EngineConfig(Section):
     threads: int | None = Field(None, ge=1)
 
 
+class TrackingConfig(Section):
+    """Where a run's epochs are also logged; nothing else reads these logs."""
+
+    #: write TensorBoard event files to ``tensorboard/`` in the run folder
+    tensorboard: bool = True
+    #: MLflow tracking URI (``http://host:5000``, ``sqlite:///mlflow.db``); null: off.
+    #: Needs the optional extra: ``pip install 'visprompt[mlflow]'``.
+    mlflow: str | None = None
+    #: MLflow experiment the run is logged under
+    mlflow_experiment: str = Field("visprompt", min_length=1)
+
+
 class RunConfig(Section):
     backbone: BackboneConfig
     data: DataConfig
@@ -224,6 +236,7 @@ class RunConfig(Section):
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
     engine: EngineConfig = EngineConfig()
+    tracking: TrackingConfig = TrackingConfig()
     precision: Literal["fp32", "amp", "fp16"] = "fp32"
     #: ``paper`` (the papers' settings) or ``reference`` (as each method's released code)
     preset: Literal["paper", "reference"] = "paper"
@@ -251,6 +264,7 @@ NON_IDENTITY_KEYS = (
     ("data", "num_workers"),
     ("backbone", "device"),
     ("engine", None),
+    ("tracking", None),
     # a label: the values a preset sets are in the resolved config themselves
     ("preset", None),
 )

@@ -6,6 +6,7 @@ See :mod:`visprompt.engine.run_folder` for the files a run writes.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from visprompt.engine.run_folder import (
     write_metrics,
     write_result,
 )
+from visprompt.engine.tracking import RunTrackers, check_tracking
 from visprompt.engine.trainer import TrainData, Trainer
 from visprompt.robust.quality import PURIFY_PREFIX
 
@@ -51,6 +53,7 @@ def train_run(
     """
     out = Path(out_dir)
     check_run_folder(out, cfg, resume, overwrite)
+    check_tracking(cfg)
     if resume and (out / RESULT_FILE).is_file():
         log(f"run in {out} is already finished")
         return read_run_json(out, RESULT_FILE)
@@ -92,6 +95,7 @@ def train_run(
         ckpt.atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         ckpt.atomic_write_text(out / TRAINSET_FILE, json.dumps(prep.trainset_record()))
 
+    trackers = RunTrackers(cfg, out, history, log)
     every = cfg.eval.every
 
     def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -109,6 +113,7 @@ def train_run(
             out / ckpt.WEIGHTS_FILE, method.state_dict(), weights_metadata(prep, epoch + 1)
         )
         write_metrics(out, history)
+        trackers.epoch(metrics)
         shown = ", ".join(
             f"{k} {v:.2f}" for k, v in metrics.items() if k in ("train_loss", "train_acc")
         )
@@ -116,12 +121,18 @@ def train_run(
         if on_epoch is not None:
             on_epoch(metrics)
 
-    trainer.fit(start_epoch=start_epoch, on_epoch=after_epoch)
+    try:
+        trainer.fit(start_epoch=start_epoch, on_epoch=after_epoch)
+    except BaseException as exc:
+        trackers.finish(None, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     final = {k: history[-1][k] for k in ("test_accuracy", "test_macro_accuracy")}
     result = _result(cfg, prep, final, started)
     result["seconds_per_epoch"] = sum(h["seconds"] for h in history) / len(history)
     result.update({k: v for k, v in history[-1].items() if k.startswith(PURIFY_PREFIX)})
-    return write_result(out, cfg, result, log)
+    result = write_result(out, cfg, result, log)
+    trackers.finish(result)
+    return result
 
 
 def _finish_untrained(
@@ -134,7 +145,10 @@ def _finish_untrained(
     ckpt.atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     ckpt.atomic_write_text(out / TRAINSET_FILE, json.dumps(prep.trainset_record()))
     ckpt.save_weights(out / ckpt.WEIGHTS_FILE, prep.method.state_dict(), weights_metadata(prep, 0))
-    return write_result(out, cfg, _result(cfg, prep, evaluate_test(prep), started), log)
+    trackers = RunTrackers(cfg, out, [], log)
+    result = write_result(out, cfg, _result(cfg, prep, evaluate_test(prep), started), log)
+    trackers.finish(result)
+    return result
 
 
 def _result(cfg: RunConfig, prep: PreparedRun, final: dict, started: float) -> dict[str, Any]:
@@ -160,4 +174,21 @@ def _result(cfg: RunConfig, prep: PreparedRun, final: dict, started: float) -> d
         "feature_cache": {"hits": prep.cache.hits, "misses": prep.cache.misses},
         "wall_seconds": time.perf_counter() - started,
         "versions": versions(),
+        "device": device_record(prep.backbone.device),
+    }
+
+
+def device_record(device: torch.device) -> dict[str, Any]:
+    """The device a run computed on, as its process saw it (result.json's ``device``).
+
+    ``cuda_visible_devices`` maps ``cuda:0`` back to the physical GPU: a sweep
+    with ``--gpus`` (or SLURM) gives each run's process one GPU through it.
+    """
+    name = None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    return {
+        "device": str(device),
+        "name": name,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,10 @@ CONFIG_FILE = "config.yaml"
 TRAINSET_FILE = "trainset.json"
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
+#: TensorBoard event files (:mod:`visprompt.engine.tracking`)
+TENSORBOARD_DIR = "tensorboard"
+#: the MLflow run a run folder logs into, so a resumed run continues it
+MLFLOW_FILE = "mlflow.json"
 RUN_FILES = (
     CONFIG_FILE,
     TRAINSET_FILE,
@@ -38,6 +43,7 @@ RUN_FILES = (
     RESULT_FILE,
     ckpt.STATE_FILE,
     ckpt.WEIGHTS_FILE,
+    MLFLOW_FILE,
 )
 
 Log = Callable[[str], None]
@@ -126,6 +132,7 @@ def check_run_folder(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -
 def clear_run_files(out: Path) -> None:
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
 
 
 def write_metrics(out: Path, history: list[dict]) -> None:
