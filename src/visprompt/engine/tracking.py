@@ -108,7 +108,7 @@ class TensorBoardTracker:
         self.writer.close()
 
 
-def _import_mlflow() -> Any:
+def import_mlflow() -> Any:
     try:
         import mlflow
     except ImportError:
@@ -122,7 +122,7 @@ def _import_mlflow() -> Any:
 def check_tracking(cfg: Any) -> None:
     """Fail before a run starts when its config asks for a tracker that cannot work."""
     if cfg.tracking.mlflow:
-        _import_mlflow()
+        import_mlflow()
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -147,7 +147,7 @@ class MLflowTracker:
     def __init__(
         self, uri: str, experiment: str, out: Path, config: dict, run_id: str, history: list[dict]
     ) -> None:
-        mlflow = _import_mlflow()
+        mlflow = import_mlflow()
         from mlflow.entities import Metric, Param
 
         self._metric = Metric
