@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from visprompt.cli import add_set_argument
+from visprompt.cli import add_mlflow_argument, add_set_argument
 from visprompt.errors import VispromptError
 from visprompt.robust.quality import PURIFY_PREFIX
 
@@ -55,6 +55,7 @@ def add_commands(subparsers: Any) -> None:
     add_set_argument(
         p, "set a key of the sweep's base config, e.g. --set data.root=/data (repeatable)"
     )
+    add_mlflow_argument(p)
     p.add_argument("--dry-run", action="store_true", help="validate and count, run nothing")
     p.add_argument("--list", action="store_true", help="with --dry-run: print every run")
     p.add_argument("--retry-failed", action="store_true", help="also rerun failed runs")
@@ -113,7 +114,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise VispromptError(f"--jobs must be at least 1, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
         raise VispromptError(f"--threads must be at least 1, got {args.threads}")
-    sweep = load_sweep(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.mlflow:
+        from visprompt.engine.tracking import import_mlflow
+
+        import_mlflow()  # before any run starts, not once per run in the workers
+        overrides.append(f"tracking.mlflow={args.mlflow}")
+    sweep = load_sweep(args.config, overrides)
     plan = plan_sweep(
         sweep, args.db, args.runs_dir, retry_failed=args.retry_failed, timeout=args.db_timeout
     )
