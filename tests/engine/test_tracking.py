@@ -127,3 +127,12 @@ def test_mlflow_missing_is_one_line_before_anything_is_written(
         "pip install 'visprompt[mlflow]' or leave out --mlflow"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_sweep_with_mlflow_missing_fails_before_any_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    db = tmp_path / "results.sqlite"
+    code = main(["sweep", "-c", "configs/sweeps/tiny.yaml", "--db", str(db), "--mlflow", "x"])
+    assert code == 2
+    assert "pip install 'visprompt[mlflow]'" in capsys.readouterr().err
+    assert not db.exists()
