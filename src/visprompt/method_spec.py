@@ -36,12 +36,17 @@ class Requirements:
             step; evaluation cannot share class text features).
         min_epochs: ``(epochs, reason)`` when ``optim.epochs`` must be at least
             ``epochs``, else None.
+        validation: what chooses on the validation split (e.g. ``"linear-probe's
+            C search"``), else None; a run without val images is then refused
+            before anything is written, and the method gets the split's features
+            (:class:`visprompt.data.validation_split.ValidationSplit`).
     """
 
     vit: tuple[str, str] | None = None
     patch_tokens: bool = False
     per_image_prompts: bool = False
     min_epochs: tuple[int, str] | None = None
+    validation: str | None = None
 
     def vit_error(self, backbone: str) -> str:
         """The one-line refusal of a ResNet ``backbone`` for a method that needs a ViT."""

@@ -27,10 +27,12 @@ from visprompt.data.fewshot import fewshot_splits
 from visprompt.data.images import check_unreadable
 from visprompt.data.noise import NoisyLabels, class_name_similarity, inject_noise
 from visprompt.data.types import DatasetSpec, DatasetSplits, Sample
+from visprompt.data.validation_split import ValidationSplit, require_validation
 from visprompt.engine.evaluate import accuracy_metrics, predict_logits
 from visprompt.engine.run_folder import Log, log_to_stderr
 from visprompt.errors import VispromptError
 from visprompt.methods import METHOD_REGISTRY, PromptMethod
+from visprompt.methods.fitted import FitData, FitsOnData
 
 
 def build_backbone(cfg: RunConfig) -> FrozenCLIP:
@@ -123,12 +125,126 @@ def build_training_set(
 
 
 def build_method(
-    cfg: RunConfig, backbone: FrozenCLIP, classnames: Sequence[str], templates: Sequence[str]
+    cfg: RunConfig,
+    backbone: FrozenCLIP,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    data: FitData | None = None,
+    log: Log = log_to_stderr,
 ) -> PromptMethod:
+    """The run's method, initialised from the run seed.
+
+    A method fitted on its data (:class:`~visprompt.methods.fitted.FitsOnData`)
+    gets ``data``, or, where the caller has none (a reloaded run, a test), the
+    run's own training set and val split derived again from ``cfg`` (the same
+    sampling, noise and cached features as its training run).
+    """
     entry = METHOD_REGISTRY.get(cfg.method.name)
     torch.manual_seed(cfg.train_seed)  # context initialisation
     method = entry.cls(backbone, classnames, cfg.method, templates=templates)
-    return method.to(backbone.device)
+    method = method.to(backbone.device)
+    if isinstance(method, FitsOnData):
+        method.fit_data(data if data is not None else derive_fit_data(cfg, backbone, log))
+    return method
+
+
+def derive_fit_data(cfg: RunConfig, backbone: FrozenCLIP, log: Log = log_to_stderr) -> FitData:
+    """The :class:`FitData` of ``cfg``'s run, recomputed (features come from the cache)."""
+    spec, splits = read_dataset(cfg)
+    fs, trainset = build_training_set(cfg, spec, splits, backbone)
+    check_validation(cfg, fs)
+    cache = FeatureCache(
+        _extractor(cfg, backbone, progress=False), root=cfg.data.cache_dir, store=cfg.use_cache
+    )
+    feats, trainset = training_features(cfg, cache, trainset, views=False, log=log)
+    val = validation_split(cfg, spec, fs, backbone, cache, log)
+    return fit_data(cfg, feats, trainset, val)
+
+
+def fit_data(
+    cfg: RunConfig, feats: SplitFeatures, trainset: TrainingSet, val: ValidationSplit
+) -> FitData:
+    needs = cfg.method.requirements()
+    return FitData(
+        features=feats,
+        labels=torch.as_tensor(trainset.noise.noisy, dtype=torch.long),
+        val=val if needs.validation else None,
+        batch_size=cfg.engine.batch_size,
+    )
+
+
+def check_validation(cfg: RunConfig, fs: DatasetSplits, what: str | None = None) -> None:
+    """Refuse (one line) a run whose method, or ``what`` (e.g. ``eval.select``), needs val
+    images the run's few-shot splits ``fs`` do not have."""
+    what = what or cfg.method.requirements().validation
+    if what:
+        require_validation(what, fs.val, cfg.data.dataset, cfg.data.val_shots)
+
+
+def validation_split(
+    cfg: RunConfig,
+    spec: DatasetSpec,
+    fs: DatasetSplits,
+    backbone: FrozenCLIP,
+    cache: FeatureCache,
+    log: Log = log_to_stderr,
+) -> ValidationSplit:
+    """The run's val split: features through ``cache`` and noisy labels, both only when read."""
+    noise = cfg.noise
+    return ValidationSplit(
+        samples=tuple(fs.val),
+        num_classes=fs.num_classes,
+        cache=cache,
+        noise_type=noise.type,
+        noise_rate=noise.rate,
+        seed=cfg.data.seed,
+        real_noise=fs.real_noise,
+        max_unreadable=cfg.data.max_unreadable,
+        similarity=lambda: class_name_similarity(backbone, fs.classnames, spec.templates[0]),
+        log=log,
+    )
+
+
+def _extractor(cfg: RunConfig, backbone: FrozenCLIP, progress: bool) -> FeatureExtractor:
+    return FeatureExtractor(
+        backbone,
+        with_patches=cfg.method.requirements().patch_tokens,
+        batch_size=cfg.engine.batch_size,
+        num_workers=cfg.data.num_workers,
+        progress=progress,
+        crop_scale=cfg.data.crop_scale,
+    )
+
+
+def training_features(
+    cfg: RunConfig, cache: FeatureCache, trainset: TrainingSet, views: bool, log: Log
+) -> tuple[SplitFeatures, TrainingSet]:
+    """The training set's features (plain view, and the augmented views when ``views``),
+    with unreadable images dropped from the features and the training set alike."""
+    samples = list(trainset.samples)
+    train_feats = cache.get(samples, 0, desc="train images (clean)")
+    if views:
+        extra = cache.get(
+            samples, cfg.data.num_views, desc=f"train images ({cfg.data.num_views} views)"
+        )
+        train_feats = SplitFeatures(
+            image=train_feats.image,
+            ok=train_feats.ok & extra.ok,
+            patches=train_feats.patches,
+            views=extra.views,
+            view_patches=extra.view_patches,
+        )
+    train_feats, kept = drop_unreadable(train_feats, samples, "train", cfg.data.max_unreadable, log)
+    if len(kept) != len(samples):
+        noise = trainset.noise
+        trainset = TrainingSet(
+            samples=tuple(samples[i] for i in kept),
+            noise=NoisyLabels(
+                noisy=noise.noisy[kept], true=noise.true[kept], is_noisy=noise.is_noisy[kept]
+            ),
+            true_known=trainset.true_known,
+        )
+    return train_feats, trainset
 
 
 def drop_unreadable(
@@ -158,6 +274,8 @@ class PreparedRun:
     test_features: SplitFeatures
     test_labels: torch.Tensor
     cache: FeatureCache
+    #: the val split, read only by what needs it (a method's search, ``eval.select``)
+    validation: ValidationSplit | None = None
     live: LiveFeatures | None = None
     notes: list[str] = field(default_factory=list)
     #: :meth:`DatasetSplits.fingerprint` of the dataset as read (``--root`` checks it)
@@ -178,48 +296,38 @@ def prepare_run(cfg: RunConfig, progress: bool = True, log: Log = log_to_stderr)
     spec, splits = read_dataset(cfg)
     check_class_names(backbone, splits.classnames, log)
     fs, trainset = build_training_set(cfg, spec, splits, backbone)
-    method = build_method(cfg, backbone, splits.classnames, spec.templates)
-    extractor = FeatureExtractor(
-        backbone,
-        with_patches=cfg.method.requirements().patch_tokens,
-        batch_size=cfg.engine.batch_size,
-        num_workers=cfg.data.num_workers,
-        progress=progress,
-        crop_scale=cfg.data.crop_scale,
+    check_validation(cfg, fs)
+    entry = METHOD_REGISTRY.get(cfg.method.name)
+    trainable = entry.cls.trainable
+    # a method fitted on its data is built once its features exist; every other one
+    # first, as always (its initialisation and the feature pass then see the same RNG)
+    fitted = issubclass(entry.cls, FitsOnData)
+    method = None if fitted else build_method(cfg, backbone, splits.classnames, spec.templates)
+    cache = FeatureCache(
+        _extractor(cfg, backbone, progress), root=cfg.data.cache_dir, store=cfg.use_cache
     )
-    cache = FeatureCache(extractor, root=cfg.data.cache_dir, store=cfg.use_cache)
-    samples = list(trainset.samples)
-    train_feats = cache.get(samples, 0, desc="train images (clean)")
-    if cfg.use_cache and method.trainable:
-        views = cache.get(
-            samples, cfg.data.num_views, desc=f"train images ({cfg.data.num_views} views)"
-        )
-        train_feats = SplitFeatures(
-            image=train_feats.image,
-            ok=train_feats.ok & views.ok,
-            patches=train_feats.patches,
-            views=views.views,
-            view_patches=views.view_patches,
-        )
-    train_feats, kept = drop_unreadable(train_feats, samples, "train", cfg.data.max_unreadable, log)
-    if len(kept) != len(samples):
-        noise = trainset.noise
-        trainset = TrainingSet(
-            samples=tuple(samples[i] for i in kept),
-            noise=NoisyLabels(
-                noisy=noise.noisy[kept], true=noise.true[kept], is_noisy=noise.is_noisy[kept]
-            ),
-            true_known=trainset.true_known,
-        )
+    train_feats, trainset = training_features(
+        cfg, cache, trainset, views=cfg.use_cache and trainable, log=log
+    )
     test_samples = list(fs.test)
     test_feats = cache.get(test_samples, 0, desc="test images")
     test_feats, kept_test = drop_unreadable(
         test_feats, test_samples, "test", cfg.data.max_unreadable, log
     )
     test_labels = torch.tensor([test_samples[i].label for i in kept_test], dtype=torch.long)
+    val = validation_split(cfg, spec, fs, backbone, cache, log)
+    if method is None:
+        method = build_method(
+            cfg,
+            backbone,
+            splits.classnames,
+            spec.templates,
+            data=fit_data(cfg, train_feats, trainset, val),
+            log=log,
+        )
     live = None
-    if not cfg.use_cache and method.trainable:
-        live = LiveFeatures(extractor, trainset.samples)
+    if not cfg.use_cache and trainable:
+        live = LiveFeatures(cache.extractor, trainset.samples)
     return PreparedRun(
         cfg=cfg,
         backbone=backbone,
@@ -231,6 +339,7 @@ def prepare_run(cfg: RunConfig, progress: bool = True, log: Log = log_to_stderr)
         test_features=test_feats,
         test_labels=test_labels,
         cache=cache,
+        validation=val,
         live=live,
         dataset_fingerprint=splits.fingerprint(cfg.data.root),
     )
@@ -242,6 +351,18 @@ def evaluate_test(prep: PreparedRun) -> dict[str, float]:
     )
     m = accuracy_metrics(logits, prep.test_labels)
     return {"test_accuracy": m["accuracy"], "test_macro_accuracy": m["macro_accuracy"]}
+
+
+def fit_record(prep: PreparedRun) -> dict[str, Any]:
+    """What result.json records about a fitted method's choices (empty for the others)."""
+    method = prep.method
+    return method.fit_record() if isinstance(method, FitsOnData) else {}
+
+
+def finish_fitting(prep: PreparedRun) -> bool:
+    """A fitted method's step after the last epoch (see ``FitsOnData.after_training``)."""
+    method = prep.method
+    return isinstance(method, FitsOnData) and method.after_training()
 
 
 def weights_metadata(prep: PreparedRun | Any, epoch: int) -> dict[str, Any]:
