@@ -17,7 +17,14 @@ import yaml
 
 from visprompt.config import RunConfig
 from visprompt.engine import checkpoint as ckpt
-from visprompt.engine.assembly import PreparedRun, evaluate_test, prepare_run, weights_metadata
+from visprompt.engine.assembly import (
+    PreparedRun,
+    evaluate_test,
+    finish_fitting,
+    fit_record,
+    prepare_run,
+    weights_metadata,
+)
 from visprompt.engine.run_folder import (
     CONFIG_FILE,
     RESULT_FILE,
@@ -127,6 +134,11 @@ def train_run(
         trackers.finish(None, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     final = {k: history[-1][k] for k in ("test_accuracy", "test_macro_accuracy")}
+    if finish_fitting(prep):  # a choice made on val after the last epoch (Tip-Adapter-F)
+        final = evaluate_test(prep)
+        ckpt.save_weights(
+            out / ckpt.WEIGHTS_FILE, method.state_dict(), weights_metadata(prep, cfg.optim.epochs)
+        )
     result = _result(cfg, prep, final, started)
     result["seconds_per_epoch"] = sum(h["seconds"] for h in history) / len(history)
     result.update({k: v for k, v in history[-1].items() if k.startswith(PURIFY_PREFIX)})
@@ -172,6 +184,7 @@ def _result(cfg: RunConfig, prep: PreparedRun, final: dict, started: float) -> d
         "num_classes": prep.splits.num_classes,
         "trainable_params": sum(p.numel() for p in method.parameters() if p.requires_grad),
         "feature_cache": {"hits": prep.cache.hits, "misses": prep.cache.misses},
+        **fit_record(prep),
         "wall_seconds": time.perf_counter() - started,
         "versions": versions(),
         "device": device_record(prep.backbone.device),
