@@ -1,9 +1,10 @@
 """Plots of a report (matplotlib, no display needed): accuracy vs noise rate, purification curves.
 
-* :func:`accuracy_plots` - one figure per (table, dataset, noise type with
-  rates): one line per method label, error bars = std over seeds; the clean
-  runs (noise type ``none``) of the same dataset, if any, are drawn at rate 0,
-  and a label whose runs trained nothing (zero-shot) at every rate.
+* :func:`accuracy_plots` - one figure per (table, dataset or ``Average``,
+  noise type with rates): one line per method label (the mean over seeds), its
+  band the 95% Student t interval of the mean (none for a point of one run);
+  the clean runs (noise type ``none``) of the same dataset, if any, are drawn
+  at rate 0, and a label whose runs trained nothing (zero-shot) at every rate.
 * :func:`accuracy_overview` - the same lines for every noise type of one
   dataset side by side in one figure (``visprompt demo``'s plot).
 * :func:`purification_plots` - precision and recall of the clean split vs
@@ -69,16 +70,20 @@ def _draw_accuracy(ax: Any, table: Table, dataset: str, noise: str) -> None:
         if label not in noisy and label not in table.untrained:
             continue  # clean runs only: nothing to draw against the rate
         pts = sorted(points[label], key=lambda p: p[0])
-        ax.errorbar(
-            [100 * rate for rate, _ in pts],
-            [cell.mean for _, cell in pts],
-            yerr=[cell.std or 0.0 for _, cell in pts],
-            marker="o",
-            capsize=3,
-            label=label,
-        )
+        xs = [100 * rate for rate, _ in pts]
+        (line,) = ax.plot(xs, [cell.mean for _, cell in pts], marker="o", label=label)
+        banded = [(x, cell.ci) for x, (_, cell) in zip(xs, pts, strict=True) if cell.ci]
+        if banded:
+            ax.fill_between(
+                [x for x, _ in banded],
+                [ci[0] for _, ci in banded],
+                [ci[1] for _, ci in banded],
+                color=line.get_color(),
+                alpha=0.18,
+                linewidth=0,
+            )
     ax.set_xlabel(f"{noise} label noise rate (%)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%), band: 95% CI")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 

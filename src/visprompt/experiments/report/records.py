@@ -27,6 +27,8 @@ from visprompt.config import identity_dict
 from visprompt.errors import VispromptError
 from visprompt.experiments.store import ResultsStore, backbone_label
 
+#: The row name of the mean over a table's datasets (paper tables).
+AVERAGE = "Average"
 #: Column order of well-known methods; others follow alphabetically.
 METHOD_ORDER = ("zeroshot", "coop", "cocoop", "gce", "ptnl", "joapr", "nlprompt", "visprompt")
 #: Row order of noise types.
@@ -60,6 +62,9 @@ class RunRecord:
             (``epoch`` and the clean-split statistics), in epoch order.
         label: the column label (method name plus differing settings), set by
             :func:`assign_labels`.
+        selection: how the run chose the model it tested (``eval.select``:
+            ``last`` epoch, or ``best-val`` = the epoch best on the noisy
+            validation split).
     """
 
     run_id: str
@@ -76,6 +81,7 @@ class RunRecord:
     trained: bool = True
     purification: list[dict] = field(default_factory=list)
     label: str = ""
+    selection: str = "last"
 
     @property
     def table_key(self) -> tuple[str, Any, str]:
@@ -139,6 +145,9 @@ def load_records(
             accuracy=float(row["test_accuracy"]),
             flat=_flatten(identity_dict(config)),
             trained=result.get("epochs") != 0,
+            selection=str(
+                result.get("selection") or (config.get("eval") or {}).get("select") or "last"
+            ),
         )
         if not (
             _matches(rec.dataset, datasets)

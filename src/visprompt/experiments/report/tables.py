@@ -1,8 +1,9 @@
 """Tables of a report: what goes in each cell, and the table as Markdown and CSV text.
 
 * :func:`paper_tables` - the paper-style table: rows dataset x noise type,
-  columns noise rate x method label, cells ``mean ± std`` of the test accuracy
-  over seeds, the best of each row at each rate marked. One per (backbone,
+  then an ``Average`` row per noise type (the mean over the table's datasets,
+  as the papers' "Average" column); columns noise rate x method label; cells
+  ``mean ± std [95% CI]`` of the test accuracy over seeds. One per (backbone,
   shots, noise protocol).
 * :func:`ablation_tables` - per method whose runs differ in settings: rows
   (dataset, setting), columns (noise type, rate).
@@ -13,10 +14,22 @@
 * :func:`purification_curves` - clean-split precision and recall per epoch,
   mean over seeds.
 
-``std`` is the sample standard deviation (n - 1 in the denominator); a cell of
-one run shows no std; ``(n=k)`` follows a cell with fewer runs than the
-table's largest cell. Ties for best, compared at the two shown decimals, are
-all marked.
+``std`` is the sample standard deviation (n - 1 in the denominator), the
+interval the Student t interval of :mod:`~visprompt.experiments.report.stats`;
+a cell of one run shows neither; ``(n=k)`` follows a cell with fewer runs than
+the table's largest cell.
+
+Best: in each group of competing cells (the methods of one row at one rate;
+the settings of one ablation row), the cell with the highest mean is marked
+only when it is *clearly better* than the runner-up - its 95% interval lies
+wholly above the runner-up's (:func:`~visprompt.experiments.report.stats.clearly_better`).
+A group of one cell, a tie, or overlapping intervals mark nothing.
+
+An ``Average`` cell (method, noise type, rate) exists where every dataset of
+the table with that noise type has the cell: per seed the mean over datasets
+of that seed's accuracy (seeds present in every dataset), then mean, std and
+interval over those per-seed averages - so its spread is the seeds' spread
+of the average, not the datasets'.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visprompt.experiments.report.records import (
+    AVERAGE,
     RunRecord,
     fmt_rate,
     fmt_value,
@@ -38,15 +52,23 @@ from visprompt.experiments.report.records import (
     short_names,
     table_title,
 )
+from visprompt.experiments.report.stats import LEVEL, clearly_better, interval
 
 
 @dataclass
 class Cell:
-    """The values (test accuracies, or precisions in %) of the runs of one cell."""
+    """The values (test accuracies, or precisions in %) of the runs of one cell.
+
+    ``seeds`` holds each value's seed (``data.seed``), in the order of
+    ``values``; ``published`` the number a paper reports for the cell, if a
+    ``--paper`` file has it.
+    """
 
     values: list[float]
     run_ids: list[str]
+    seeds: list = field(default_factory=list)
     best: bool = False
+    published: float | None = None
 
     @property
     def n(self) -> int:
@@ -60,11 +82,35 @@ class Cell:
     def std(self) -> float | None:
         return statistics.stdev(self.values) if self.n > 1 else None
 
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        """The 95% Student t interval of the mean; None for a cell of one run."""
+        return interval(self.values)
+
+    @property
+    def diff(self) -> float | None:
+        """Our mean minus the published number (None without one)."""
+        return None if self.published is None else self.mean - self.published
+
     def text(self, expected_n: int, digits: int = 2) -> str:
         """``mean ± std`` at ``digits`` decimals, ``(n=k)`` when short of ``expected_n`` runs."""
         out = f"{self.mean:.{digits}f}"
         if self.std is not None:
             out += f" ± {self.std:.{digits}f}"
+        if self.n < expected_n:
+            out += f" (n={self.n})"
+        return out
+
+    def ci_text(self, digits: int = 1) -> str:
+        """``[low, high]`` of the interval, ``""`` for a cell of one run."""
+        ci = self.ci
+        return "" if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+    def text_ci(self, expected_n: int, digits: int = 2) -> str:
+        """``mean ± std [low, high]`` (the interval at one decimal fewer), ``(n=k)`` as in :meth:`text`."""
+        out = f"{self.mean:.{digits}f}"
+        if self.std is not None:
+            out += f" ± {self.std:.{digits}f} {self.ci_text(max(digits - 1, 0))}"
         if self.n < expected_n:
             out += f" (n={self.n})"
         return out
@@ -90,21 +136,73 @@ class Table:
         return max((c.n for c in self.cells.values()), default=0)
 
 
-def _add(cells: dict[tuple, Cell], at: tuple, value: float, run_id: str) -> None:
+def _add(cells: dict[tuple, Cell], at: tuple, value: float, run_id: str, seed: Any = None) -> None:
     cell = cells.setdefault(at, Cell([], []))
     cell.values.append(value)
     cell.run_ids.append(run_id)
+    cell.seeds.append(seed)
+
+
+def mark_best(cells: Iterable[Cell]) -> Cell | None:
+    """Mark the top cell of one group where it is clearly better than the runner-up.
+
+    Returns the marked cell, or None (one cell, a tie, or overlapping
+    intervals); see the module docstring.
+    """
+    ranked = sorted(cells, key=lambda c: c.mean, reverse=True)
+    for c in ranked:
+        c.best = False
+    if len(ranked) >= 2 and clearly_better(ranked[0].values, ranked[1].values):
+        ranked[0].best = True
+        return ranked[0]
+    return None
 
 
 def _mark_best(table: Table, group_of: Callable[[tuple, tuple], Any]) -> None:
-    """Mark the best cell(s) of each group (cells with the same ``group_of(row, column)``)."""
+    """:func:`mark_best` in each group of cells with the same ``group_of(row, column)``."""
     groups: dict[Any, list[Cell]] = defaultdict(list)
     for (row, column), cell in table.cells.items():
         groups[group_of(row, column)].append(cell)
     for cells in groups.values():
-        top = max(round(c.mean, 2) for c in cells)
-        for c in cells:
-            c.best = round(c.mean, 2) == top
+        mark_best(cells)
+
+
+def _average_cells(cells: dict[tuple, Cell]) -> dict[tuple, Cell]:
+    """``(AVERAGE, noise), column`` cells: per-seed means over datasets (module docstring)."""
+    datasets: dict[str, set[str]] = defaultdict(set)  # noise type -> datasets with that row
+    for (dataset, noise), _ in cells:
+        datasets[noise].add(dataset)
+    out: dict[tuple, Cell] = {}
+    columns = {column for _, column in cells}
+    for noise, names in datasets.items():
+        if len(names) < 2:
+            continue  # the average of one dataset is that dataset's row
+        for column in columns:
+            mine = [cells.get(((d, noise), column)) for d in sorted(names)]
+            if any(c is None for c in mine):
+                continue
+            by_seed = []
+            for c in mine:
+                seeds: dict[Any, list[float]] = defaultdict(list)
+                for seed, value in zip(c.seeds, c.values, strict=True):
+                    seeds[seed].append(value)
+                by_seed.append({s: statistics.fmean(v) for s, v in seeds.items()})
+            common = set.intersection(*(set(b) for b in by_seed))
+            if not common:
+                continue
+            order = sorted(common, key=str)
+            avg = Cell(
+                values=[statistics.fmean(b[s] for b in by_seed) for s in order],
+                run_ids=[
+                    r for c in mine for r, s in zip(c.run_ids, c.seeds, strict=True) if s in common
+                ],
+                seeds=order,
+            )
+            published = [c.published for c in mine]
+            if all(p is not None for p in published):
+                avg.published = statistics.fmean(published)
+            out[((AVERAGE, noise), column)] = avg
+    return out
 
 
 def _untrained_labels(records: Iterable[RunRecord]) -> frozenset[str]:
@@ -121,15 +219,30 @@ def _table_keys(records: Iterable[RunRecord]) -> list[tuple]:
 # ---------------------------------------------------------------- paper and ablation tables
 
 
-def paper_tables(records: list[RunRecord]) -> list[Table]:
-    """One paper-style table per (backbone, shots, protocol); best per row and rate marked."""
+def paper_tables(
+    records: list[RunRecord],
+    published: Callable[[str, str, float, str], float | None] | None = None,
+) -> list[Table]:
+    """One paper-style table per (backbone, shots, protocol), with ``Average`` rows; best marked.
+
+    ``published(dataset, noise_type, rate, label)`` gives a paper's number for a
+    cell (see :mod:`~visprompt.experiments.report.published`), or None.
+    """
     tables = []
     for key in _table_keys(records):
         mine = [r for r in records if r.table_key == key]
         cells: dict[tuple, Cell] = {}
         for r in mine:
-            _add(cells, ((r.dataset, r.noise_type), (r.noise_rate, r.label)), r.accuracy, r.run_id)
-        rows = sorted({at[0] for at in cells}, key=lambda rw: (rw[0], noise_rank(rw[1])))
+            at = ((r.dataset, r.noise_type), (r.noise_rate, r.label))
+            _add(cells, at, r.accuracy, r.run_id, r.seed)
+        if published is not None:
+            for ((dataset, noise), (rate, label)), cell in cells.items():
+                cell.published = published(dataset, noise, rate, label)
+        cells.update(_average_cells(cells))
+        rows = sorted(
+            {at[0] for at in cells},
+            key=lambda rw: (rw[0] == AVERAGE, rw[0], noise_rank(rw[1])),
+        )
         columns = sorted({at[1] for at in cells}, key=lambda c: (c[0], method_rank(c[1])))
         table = Table(table_title(key), key, rows, columns, cells, _untrained_labels(mine))
         _mark_best(table, lambda row, column: (row, column[0]))
@@ -147,7 +260,7 @@ def ablation_tables(records: list[RunRecord], keys: dict[str, list[str]]) -> lis
             for r in (r for r in mine if r.table_key == key):
                 setting = tuple(fmt_value(r.flat.get(k)) for k in keys[method])
                 at = ((r.dataset, setting), (r.noise_type, r.noise_rate))
-                _add(cells, at, r.accuracy, r.run_id)
+                _add(cells, at, r.accuracy, r.run_id, r.seed)
             rows = sorted({at[0] for at in cells})
             columns = sorted({at[1] for at in cells}, key=lambda c: (noise_rank(c[0]), c[1]))
             title = f"Ablation of {method}: {table_title(key)}"
@@ -242,18 +355,20 @@ def method_tables(records: list[RunRecord]) -> list[MethodTable]:
             )
             for r in mine:
                 at = (r.label, (r.noise_type, r.noise_rate))
-                _add(table.accuracy, at, r.accuracy, r.run_id)
+                _add(table.accuracy, at, r.accuracy, r.run_id, r.seed)
                 final = _final_purification(r)
                 if final is not None and r.noise_type != "none":
-                    _add(table.precision, at, 100 * final["precision"], r.run_id)
-                    _add(table.recall, at, 100 * final["recall"], r.run_id)
+                    _add(table.precision, at, 100 * final["precision"], r.run_id, r.seed)
+                    _add(table.recall, at, 100 * final["recall"], r.run_id, r.seed)
             for label in _untrained_labels(mine):
                 own = [s for s in settings if (label, s) in table.accuracy]
                 source = max(own, key=lambda s: table.accuracy[(label, s)].n)
                 for s in settings:
                     if (label, s) not in table.accuracy:
                         cell = table.accuracy[(label, source)]
-                        table.accuracy[(label, s)] = Cell(list(cell.values), list(cell.run_ids))
+                        table.accuracy[(label, s)] = Cell(
+                            list(cell.values), list(cell.run_ids), list(cell.seeds)
+                        )
             table.purified = [
                 s for s in settings if any((lb, s) in table.precision for lb in labels)
             ]
@@ -298,21 +413,30 @@ def purification_curves(records: list[RunRecord]) -> dict[tuple, dict[int, dict[
 # ---------------------------------------------------------------- Markdown
 
 
-def _md_escape(text: str) -> str:
+def md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
 def _shown(cell: Cell | None, expected_n: int) -> str:
     if cell is None:
         return ""
-    text = cell.text(expected_n)
+    text = cell.text_ci(expected_n)
     return f"**{text}**" if cell.best else text
+
+
+#: the legend under every table that marks a best cell
+BEST_LEGEND = (
+    f"Cells: mean ± sample std over seeds [{LEVEL:.0%} Student t confidence interval of the "
+    "mean]; (n=k): fewer runs than the other cells. **Bold**: the best cell of its group, "
+    "marked only where its interval lies wholly above the runner-up's (no overlap); "
+    "overlapping intervals, ties and cells of one run mark nothing."
+)
 
 
 def paper_table_markdown(table: Table) -> str:
     head = ["Dataset", "Noise"] + [f"{fmt_rate(rate)} {label}" for rate, label in table.columns]
     lines = [
-        "| " + " | ".join(_md_escape(h) for h in head) + " |",
+        "| " + " | ".join(md_escape(h) for h in head) + " |",
         "|" + "|".join(["---"] * 2 + ["---:"] * len(table.columns)) + "|",
     ]
     for row in table.rows:
@@ -328,7 +452,7 @@ def ablation_markdown(table: Table, setting_keys: list[str]) -> str:
     head = ["Dataset", *(short[k] for k in setting_keys)]
     head += [f"{noise} {fmt_rate(rate)}" for noise, rate in table.columns]
     lines = [
-        "| " + " | ".join(_md_escape(h) for h in head) + " |",
+        "| " + " | ".join(md_escape(h) for h in head) + " |",
         "|" + "|".join(["---"] * (1 + len(setting_keys)) + ["---:"] * len(table.columns)) + "|",
     ]
     for dataset, setting in table.rows:
@@ -342,8 +466,8 @@ def ablation_markdown(table: Table, setting_keys: list[str]) -> str:
 
 def method_table_markdown(table: MethodTable, digits: int = 2) -> str:
     header = table.header()
-    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in table.rows(digits)]
+    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in table.rows(digits)]
     return "\n".join(lines)
 
 
@@ -362,16 +486,31 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
+#: the tidy-CSV columns of one table cell (:func:`_cell_fields`)
+CELL_FIELDS = ("n", "mean", "std", "ci_low", "ci_high", "best", "values", "seeds", "run_ids")
+
+
 def _cell_fields(cell: Cell) -> list:
-    """The tidy-CSV columns n, mean, std, best, run_ids of one table cell."""
-    return [cell.n, _num(cell.mean), _num(cell.std), int(cell.best), ";".join(cell.run_ids)]
+    """The :data:`CELL_FIELDS` of one cell; per-seed values and seeds ``;``-joined, in run order."""
+    low, high = cell.ci or (None, None)
+    return [
+        cell.n,
+        _num(cell.mean),
+        _num(cell.std),
+        _num(low),
+        _num(high),
+        int(cell.best),
+        ";".join(f"{v:.6f}" for v in cell.values),
+        ";".join("" if s is None else str(s) for s in cell.seeds),
+        ";".join(cell.run_ids),
+    ]
 
 
 def paper_table_csv(tables: list[Table]) -> str:
-    """Tidy CSV: one line per cell, with its mean, std, n, best flag and run ids."""
+    """Tidy CSV: one line per cell (``Average`` rows included): :data:`CELL_FIELDS`, published, diff."""
     header = [
         "backbone", "shots", "protocol", "dataset", "noise_type", "noise_rate", "method",
-        "n", "mean", "std", "best", "run_ids",
+        *CELL_FIELDS, "published", "diff",
     ]  # fmt: skip
     rows = []
     for t in tables:
@@ -379,12 +518,15 @@ def paper_table_csv(tables: list[Table]) -> str:
             for column in t.columns:
                 cell = t.cells.get((row, column))
                 if cell is not None:
-                    rows.append([*t.key, row[0], row[1], column[0], column[1], *_cell_fields(cell)])
+                    rows.append(
+                        [*t.key, row[0], row[1], column[0], column[1], *_cell_fields(cell)]
+                        + [_num(cell.published), _num(cell.diff)]
+                    )
     return csv_text(header, rows)
 
 
 def paper_table_wide_csv(tables: list[Table]) -> str:
-    """The table as shown: ``mean ± std`` strings, ``*`` after the best of each row and rate."""
+    """The table as shown: ``mean ± std [CI]`` strings, ``*`` after a best cell."""
     columns: list[tuple] = []
     for t in tables:
         columns.extend(c for c in t.columns if c not in columns)
@@ -398,7 +540,7 @@ def paper_table_wide_csv(tables: list[Table]) -> str:
             for column in columns:
                 cell = t.cells.get((row, column))
                 line.append(
-                    "" if cell is None else cell.text(t.expected_n) + ("*" if cell.best else "")
+                    "" if cell is None else cell.text_ci(t.expected_n) + ("*" if cell.best else "")
                 )
             rows.append(line)
     return csv_text(header, rows)
@@ -407,7 +549,7 @@ def paper_table_wide_csv(tables: list[Table]) -> str:
 def ablation_csv(tables: list[Table], keys: dict[str, list[str]]) -> str:
     header = [
         "method", "backbone", "shots", "protocol", "dataset", "setting", "noise_type",
-        "noise_rate", "n", "mean", "std", "best", "run_ids",
+        "noise_rate", *CELL_FIELDS,
     ]  # fmt: skip
     rows = []
     for t in tables:
