@@ -41,6 +41,7 @@ from pydantic import (
     SerializeAsAny,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from yaml import YAMLError
@@ -197,8 +198,22 @@ class OptimConfig(Section):
 
 
 class EvalConfig(Section):
-    #: evaluate on the test split every N epochs (0 = only after the last epoch)
+    #: evaluate on the test split every N epochs (0 = only after the last epoch); logged
+    #: only, never used to choose anything
     every: int = Field(0, ge=0)
+    #: the model that is tested: ``last`` epoch (CoOp and the noisy-label papers) or
+    #: ``best-val``: the epoch of highest accuracy on the validation split with its noisy
+    #: labels, evaluated there after each epoch (the test split chooses nothing)
+    select: Literal["last", "best-val"] = "last"
+
+    @model_serializer(mode="wrap")
+    def _default_selection_left_out(self, handler: Any) -> Any:
+        # ``select`` arrived after the first runs: at its default it stays out of the
+        # dumped config (config.yaml, and so the run id), so those runs keep their ids
+        data = handler(self)
+        if isinstance(data, dict) and self.select == "last":
+            data.pop("select", None)
+        return data
 
 
 class EngineConfig(Section):

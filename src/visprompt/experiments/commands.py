@@ -82,8 +82,10 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "report",
         help="paper-style tables and plots from a results database",
-        description="Write the paper-style table, accuracy-vs-noise plots, purification "
-        "curves and ablation tables (Markdown, CSV, PNG) with an index.md.",
+        description="Write the paper-style table (mean ± std and 95% CI over seeds, an "
+        "Average row), accuracy-vs-noise plots, purification curves and ablation tables "
+        "(Markdown, CSV, PNG, optionally LaTeX) with an index.md; or, with --run, the "
+        "per-class accuracy of one run.",
     )
     _add_db_args(p)
     p.add_argument("--out", "-o", required=True, help="report folder to write")
@@ -94,6 +96,17 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _add_db_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latex", action="store_true", help="also write booktabs LaTeX tables")
+    p.add_argument(
+        "--paper",
+        metavar="FILE.csv",
+        help="published numbers (dataset,noise_type,rate,method,accuracy) to put next to "
+        "ours; visprompt ships one: src/visprompt/assets/published/",
+    )
+    p.add_argument(
+        "--run", metavar="DIR", help="report one run folder instead: per-class test accuracy"
+    )
+    p.add_argument("--root", help="with --run: the run's dataset moved here")
     p.add_argument("--db", default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
     p.add_argument(
         "--db-timeout",
@@ -297,5 +310,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(
         f"report of {written.runs} runs written to {written.folder} "
         f"({len(written.files)} files); open {written.folder / 'index.md'}"
+    )
+    return 0
+    if args.run is not None:
+        return _report_run(args)
+    if args.root is not None:
+        raise VispromptError("--root only applies with --run DIR; leave it out")
+        latex=args.latex,
+        paper=args.paper,
+
+
+def _report_run(args: argparse.Namespace) -> int:
+    from visprompt.experiments.report.run_report import write_run_report
+
+    given = [f"--{n}" for n in ("dataset", "method", "backbone") if getattr(args, n)]
+    given += [f"--{n}" for n in ("latex", "paper") if getattr(args, n)]
+    if given:
+        raise VispromptError(
+            f"{', '.join(given)} apply to a results database, not to --run; leave them out"
+        )
+    written = write_run_report(args.run, Path(args.out), root=args.root, progress=False)
+    print(
+        f"per-class report of {args.run} written to {written.folder}; open "
+        f"{written.folder / 'index.md'}"
     )
     return 0
