@@ -25,7 +25,13 @@ file is marked with ``PRAGMA application_id`` = :data:`APPLICATION_ID`):
     ``result`` = the run's result.json), ``error``, ``host``, ``owner_pid``
     (the sweep process that claimed it), ``worker_pid``, ``versions`` (JSON),
     ``cache_misses`` / ``cache_hits`` (feature-cache entries the run computed /
-    loaded).
+    loaded), ``device`` (the torch device the run computed on, e.g. ``cuda:0``)
+    and ``visible_gpus`` (the ``CUDA_VISIBLE_DEVICES`` its process saw, so
+    ``cuda:0`` with ``2`` is physical GPU 2), ``executor`` (``slurm`` or
+    ``local`` for a run submitted through submitit; NULL for a local worker),
+    ``job_id`` (its submitit / SLURM job id, which says whether a ``running``
+    row is still running), ``log_tail`` (the last lines of a failed run's
+    log or job stderr).
 ``epochs``
     ``(run_id, epoch)`` primary key, the usual metrics as columns (``lr``,
     ``train_loss``, ``train_acc``, ``train_acc_true``, ``test_accuracy``,
@@ -35,6 +41,9 @@ file is marked with ``PRAGMA application_id`` = :data:`APPLICATION_ID`):
     methods: ``clean_fraction``, ``precision``, ``recall``,
     ``noisy_precision``, ``noisy_recall``, ``pseudo_acc`` and every
     ``purify_*`` key in ``metrics`` (JSON).
+
+A database of schema 1 gains the columns of schema 2 (``device`` ...
+``log_tail``) the first time it is opened; nothing else changes.
 
 Opening a database written by a newer visprompt (higher schema version), a
 file that is not SQLite, a SQLite file of another program, or a path in a
@@ -49,7 +58,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,7 +66,7 @@ from typing import Any
 from visprompt.errors import VispromptError
 from visprompt.robust.quality import PURIFY_COLUMNS  # the purify_<name> epoch keys, as columns
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Marks a file as a visprompt results database ("VPRS").
 APPLICATION_ID = 0x56505253
 STATUSES = ("pending", "running", "done", "failed", "interrupted")
@@ -106,7 +115,8 @@ CREATE TABLE runs (
     worker_pid INTEGER,
     versions TEXT,
     cache_misses INTEGER,
-    cache_hits INTEGER
+    cache_hits INTEGER,
+    {", ".join(f"{c} TEXT" for c in ("device", "visible_gpus", "executor", "job_id", "log_tail"))}
 );
 CREATE INDEX runs_status ON runs (status);
 CREATE INDEX runs_dataset_method ON runs (dataset, method);
@@ -127,6 +137,10 @@ CREATE TABLE purification (
 """
 
 _JSON_FIELDS = ("config", "result", "versions")
+#: Columns schema 2 added to ``runs`` (all TEXT); a schema-1 file gains them on open.
+V2_COLUMNS = ("device", "visible_gpus", "executor", "job_id", "log_tail")
+#: Characters of a failed run's log kept in ``log_tail``.
+LOG_TAIL_CHARS = 4000
 
 
 def hostname() -> str:
@@ -290,6 +304,8 @@ class ResultsStore:
                     "into it first"
                 )
             self._create_schema()
+        elif version < SCHEMA_VERSION:
+            self._migrate()
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.execute("PRAGMA synchronous = FULL")
 
@@ -324,6 +340,21 @@ class ResultsStore:
         if self.conn.in_transaction:
             self.conn.execute("COMMIT")
 
+    def _migrate(self) -> None:
+        """Schema 1 -> 2: add the device / job columns (once, under the write lock)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self.conn.execute("PRAGMA user_version").fetchone()[0] == 1:
+                have = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+                for column in V2_COLUMNS:
+                    if column not in have:
+                        self.conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
     # ------------------------------------------------------------ reading
 
     def _decode(self, row: sqlite3.Row) -> dict[str, Any]:
@@ -334,7 +365,7 @@ class ResultsStore:
         return out
 
     def statuses(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """``id -> {status, host, owner_pid, error, attempts}`` of the runs that exist."""
+        """``id -> {status, host, owner_pid, error, attempts, executor, job_id}`` of the runs."""
         wanted = list(ids)
         out: dict[str, dict[str, Any]] = {}
         with self._errors():
@@ -342,7 +373,8 @@ class ResultsStore:
                 chunk = wanted[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 for row in self.conn.execute(
-                    "SELECT id, status, host, owner_pid, error, attempts FROM runs "
+                    "SELECT id, status, host, owner_pid, error, attempts, executor, job_id "
+                    "FROM runs "
                     f"WHERE id IN ({marks})",
                     chunk,
                 ):
@@ -437,32 +469,70 @@ class ResultsStore:
             conn.executemany(_INSERT_PENDING.replace("INSERT", "INSERT OR IGNORE", 1), rows)
             return conn.total_changes - before
 
-    def claim(self, run_id: str, config: dict, sweep: str, run_dir: str, owner_pid: int) -> str:
+    def claim(
+        self,
+        run_id: str,
+        config: dict,
+        sweep: str,
+        run_dir: str,
+        owner_pid: int,
+        job_alive: JobAlive | None = None,
+    ) -> str:
         """Mark a run as running for this sweep process, atomically.
 
         Returns ``"claimed"``, or ``"done"`` / ``"busy"`` when the run finished
-        meanwhile or is being run by another live sweep on this machine.
+        meanwhile or is being run by another live sweep on this machine (or by
+        a live submitit job: ``job_alive`` says, see :func:`owner_is_live`).
         """
         host = hostname()
         now = time.time()
         with self.transaction() as conn:
             row = conn.execute(
-                "SELECT status, host, owner_pid FROM runs WHERE id = ?", (run_id,)
+                "SELECT status, host, owner_pid, executor, job_id FROM runs WHERE id = ?",
+                (run_id,),
             ).fetchone()
             if row is not None:
                 if row["status"] == "done":
                     return "done"
-                if row["status"] == "running" and owner_is_live(row, own_pid=owner_pid):
+                if row["status"] == "running" and owner_is_live(
+                    row, own_pid=owner_pid, job_alive=job_alive
+                ):
                     return "busy"
             if row is None:
                 conn.execute(_INSERT_PENDING, _pending_row(run_id, config, sweep, run_dir, now))
             conn.execute(
                 "UPDATE runs SET status = 'running', sweep = ?, config = ?, run_dir = ?, "
-                "host = ?, owner_pid = ?, worker_pid = NULL, error = NULL, updated_at = ? "
-                "WHERE id = ?",
+                "host = ?, owner_pid = ?, worker_pid = NULL, error = NULL, log_tail = NULL, "
+                "executor = NULL, job_id = NULL, updated_at = ? WHERE id = ?",
                 (sweep, json.dumps(config, sort_keys=True), run_dir, host, owner_pid, now, run_id),
             )
         return "claimed"
+
+    def mark_submitted(
+        self,
+        jobs: Iterable[tuple[str, str]],
+        executor: str,
+        owner_pid: int,
+        resumed: Iterable[str] = (),
+    ) -> None:
+        """``(run_id, job_id)`` pairs were submitted through ``executor``: they are running.
+
+        One transaction for the whole batch (a SLURM array is submitted at
+        once); ``resumed`` ids continue from a checkpoint in their folder.
+        """
+        again = set(resumed)
+        now, host = time.time(), hostname()
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE runs SET status = 'running', executor = ?, job_id = ?, host = ?, "
+                "owner_pid = ?, worker_pid = NULL, error = NULL, log_tail = NULL, "
+                "started_at = ?, updated_at = ?, attempts = attempts + 1, "
+                "resumed = resumed + ? WHERE id = ? AND status != 'done'",
+                [
+                    (executor, job_id, host, owner_pid, now, now, int(run_id in again), run_id)
+                    for run_id, job_id in jobs
+                ],
+            )
 
     # ------------------------------------------------------------ workers
 
@@ -498,15 +568,22 @@ class ResultsStore:
         cache_misses: int | None = None,
         cache_hits: int | None = None,
     ) -> None:
-        """Record a finished run: final metrics, result.json and its full epoch history."""
+        """Record a finished run: final metrics, result.json and its full epoch history.
+
+        Idempotent: recording the same run folder twice leaves the same row and
+        the same epoch rows (``--collect`` relies on it). The device columns
+        come from result.json's ``device`` record.
+        """
         now = time.time()
+        device = result.get("device") or {}
         with self.transaction() as conn:
             _replace_epochs(conn, run_id, epochs)
             conn.execute(
                 "UPDATE runs SET status = 'done', finished_at = ?, updated_at = ?, "
                 "wall_seconds = ?, seconds_per_epoch = ?, test_accuracy = ?, "
                 "test_macro_accuracy = ?, result = ?, versions = ?, backbone = ?, error = NULL, "
-                "cache_misses = ?, cache_hits = ? WHERE id = ?",
+                "cache_misses = ?, cache_hits = ?, device = ?, visible_gpus = ?, log_tail = NULL "
+                "WHERE id = ?",
                 (
                     now,
                     now,
@@ -519,29 +596,60 @@ class ResultsStore:
                     result.get("backbone"),
                     cache_misses,
                     cache_hits,
+                    device.get("device"),
+                    device.get("cuda_visible_devices"),
                     run_id,
                 ),
             )
 
-    def fail(self, run_id: str, error: str, status: str = "failed") -> None:
-        """Record a failed (or interrupted) run with its one-line error."""
+    def fail(
+        self, run_id: str, error: str, status: str = "failed", log_tail: str | None = None
+    ) -> None:
+        """Record a failed (or interrupted) run with its one-line error and its log's tail."""
         if status not in ("failed", "interrupted"):
             raise ValueError(f"not a failure status: {status}")
         now = time.time()
+        tail = log_tail[-LOG_TAIL_CHARS:] if log_tail else None
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE runs SET status = ?, error = ?, finished_at = ?, updated_at = ? "
-                "WHERE id = ? AND status != 'done'",
-                (status, " ".join(error.split())[:2000], now, now, run_id),
+                "UPDATE runs SET status = ?, error = ?, finished_at = ?, updated_at = ?, "
+                "log_tail = COALESCE(?, log_tail) WHERE id = ? AND status != 'done'",
+                (status, " ".join(error.split())[:2000], now, now, tail, run_id),
             )
 
 
-def owner_is_live(row: sqlite3.Row | dict, own_pid: int | None = None) -> bool:
-    """Whether the sweep process that claimed a running run is still alive.
+#: ``job_alive(row) -> bool``: whether the submitit job of a ``running`` row still runs.
+JobAlive = Callable[[Any], bool]
 
-    Only checkable on the same machine; a claim by another host counts as
-    stale (sweeps over one database from several machines are not supported).
+
+def read_tail(path: str | Path, chars: int = LOG_TAIL_CHARS) -> str | None:
+    """The last ``chars`` characters of a log file (None when there is none)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 4 * chars))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    return text[-chars:] or None
+
+
+def owner_is_live(
+    row: sqlite3.Row | dict, own_pid: int | None = None, job_alive: JobAlive | None = None
+) -> bool:
+    """Whether whatever runs a ``running`` run is still alive.
+
+    A run submitted through submitit (``job_id`` set) is alive while its job
+    is: ``job_alive(row)`` asks the scheduler (without it such a run counts as
+    alive, so nothing is ever run twice). Otherwise the sweep process that
+    claimed it must be alive; only checkable on the same machine, a claim by
+    another host counts as stale (local sweeps over one database from several
+    machines are not supported; use ``--executor slurm``).
     """
+    keys = row.keys()
+    if "job_id" in keys and row["job_id"]:
+        return True if job_alive is None else bool(job_alive(row))
     if row["host"] != hostname():
         return False
     pid = row["owner_pid"]

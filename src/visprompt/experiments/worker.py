@@ -46,6 +46,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from visprompt.experiments.store import read_tail
+
 #: Exit status of a worker that noticed its parent is gone.
 EXIT_ORPHANED = 70
 RUN_LOG = "train.log"
@@ -195,7 +197,7 @@ def execute(task: dict, store: Any, conn: Any = None) -> tuple[str, str, Any]:
         if mode == "import":
             result = json.loads((run_dir / RESULT_FILE).read_text())
             store.mark_started(run_id, os.getpid(), resumed=True, epochs=read_metrics(run_dir))
-            store.finish(run_id, result, read_metrics(run_dir))
+            store.finish(run_id, result, read_metrics(run_dir), *_counts(result))
             return "done", run_id, _info(result, None)
         resume = mode == "resume"
         store.mark_started(
@@ -228,23 +230,40 @@ def execute(task: dict, store: Any, conn: Any = None) -> tuple[str, str, Any]:
     except VispromptError as exc:
         error = str(exc)
     except Exception as exc:  # any failure of one run is recorded; the sweep goes on
-        first = (str(exc).strip().splitlines() or [""])[0]
-        error = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        error = error_line(exc)
         if log_file is not None:
             log_file.write(traceback.format_exc())
         traceback.print_exc()  # into the worker log
     finally:
         if log_file is not None:
             log_file.close()
-    _record_failure(store, run_id, error, "failed")
+    _record_failure(store, run_id, error, "failed", read_tail(run_dir / RUN_LOG))
     return "failed", run_id, error
 
 
-def _record_failure(store: Any, run_id: str, error: str, status: str) -> None:
+def error_line(exc: BaseException) -> str:
+    """One line for a run's failure: a VispromptError's message, else ``Type: first line``."""
+    from visprompt.errors import VispromptError
+
+    if isinstance(exc, VispromptError):
+        return str(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _record_failure(
+    store: Any, run_id: str, error: str, status: str, log_tail: str | None = None
+) -> None:
     try:
-        store.fail(run_id, error, status=status)
+        store.fail(run_id, error, status=status, log_tail=log_tail)
     except Exception:  # the database itself may be the problem; the parent records it then
         traceback.print_exc()
+
+
+def _counts(result: dict) -> tuple[int | None, int | None]:
+    """``(misses, hits)`` of the feature cache, as result.json recorded them."""
+    counts = result.get("feature_cache") or {}
+    return counts.get("misses"), counts.get("hits")
 
 
 def _info(result: dict, counts: dict | None) -> dict:

@@ -8,12 +8,23 @@ One module per job:
   order in which each feature-cache entry is computed once, before its readers;
 * :mod:`~visprompt.experiments.runner.pool` - :func:`run_sweep`: N worker
   processes (:mod:`visprompt.experiments.worker`), the database claims, the
-  progress bar, Ctrl-C and dead workers.
+  progress line, Ctrl-C and dead workers;
+* :mod:`~visprompt.experiments.runner.devices` - ``--gpus``: one worker per
+  GPU slot, each with its own ``CUDA_VISIBLE_DEVICES``;
+* :mod:`~visprompt.experiments.runner.jobs` - what a submitit job runs and how
+  a job's state is known (``--executor slurm|local``);
+* :mod:`~visprompt.experiments.runner.cluster` - :func:`submit_sweep` and
+  :func:`collect_sweep`: jobs train into run folders, this process ingests
+  them into the database;
+* :mod:`~visprompt.experiments.runner.progress` - the one live progress line.
 
 ``visprompt sweep`` and ``visprompt demo`` both go through :func:`plan_sweep`
-and :func:`run_sweep`.
+and :func:`run_sweep` (or :func:`submit_sweep`).
 """
 
+from visprompt.experiments.runner.cluster import Collected, collect_sweep, submit_sweep
+from visprompt.experiments.runner.devices import check_gpus, gpu_slots, parse_gpus
+from visprompt.experiments.runner.jobs import ClusterOptions, check_options
 from visprompt.experiments.runner.plan import SweepPlan, default_runs_dir, plan_sweep
 from visprompt.experiments.runner.pool import (
     INTERRUPT_GRACE,
@@ -29,12 +40,20 @@ __all__ = [
     "INTERRUPT_GRACE",
     "WORKER_LOG",
     "CacheScheduler",
+    "ClusterOptions",
+    "Collected",
     "SweepOutcome",
     "SweepPlan",
+    "check_gpus",
+    "check_options",
+    "collect_sweep",
     "default_runs_dir",
     "default_threads",
     "feature_keys",
+    "gpu_slots",
+    "parse_gpus",
     "plan_sweep",
     "run_sweep",
+    "submit_sweep",
     "worker_context",
 ]

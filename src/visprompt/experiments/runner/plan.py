@@ -5,7 +5,8 @@
 * ``done`` - skipped;
 * ``failed`` - skipped, unless ``retry_failed`` (then started over);
 * ``running`` and claimed by a sweep process that is still alive on this
-  machine - skipped (another sweep is running it);
+  machine, or by a submitit job that is still alive (queued or running on the
+  cluster) - skipped (another sweep is running it);
 * anything else (not in the database, ``pending``, ``interrupted``, or
   ``running`` but claimed by a process that is gone, e.g. a sweep killed with
   SIGKILL) - new; a run whose folder holds a checkpoint resumes from it.
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from visprompt.errors import VispromptError
+from visprompt.experiments.runner.jobs import job_alive
 from visprompt.experiments.store import DEFAULT_TIMEOUT, ResultsStore, owner_is_live
 from visprompt.experiments.sweep import Sweep, SweepRun
 
@@ -122,7 +124,7 @@ def plan_sweep(
             plan.done.append(run)
         elif status == "failed" and not retry_failed:
             plan.failed.append(run)
-        elif status == "running" and owner_is_live(row, own_pid=own):
+        elif status == "running" and owner_is_live(row, own_pid=own, job_alive=job_alive):
             plan.busy.append(run)
         else:
             plan.new.append(run)

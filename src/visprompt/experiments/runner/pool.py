@@ -6,6 +6,11 @@ is claimed in the database (atomically) just before it is handed to a worker,
 so two sweeps over the same database never run the same run at once. The
 order comes from :class:`~visprompt.experiments.runner.schedule.CacheScheduler`.
 
+With ``gpus`` each worker is bound to one GPU slot (see
+:mod:`~visprompt.experiments.runner.devices`): its ``CUDA_VISIBLE_DEVICES`` is
+the slot's GPU id, a worker that dies is replaced on the same slot, and a slot
+takes its next run as soon as its run ends.
+
 Workers are the only way runs execute here, one run at a time each; with
 ``jobs=1`` a worker uses as many torch threads as this process would (see
 :func:`default_threads`), so a run gives the same numbers in a sweep as with
@@ -17,9 +22,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
@@ -28,9 +32,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from visprompt.errors import VispromptError
+from visprompt.experiments.runner.devices import gpu_slots, slot_order
+from visprompt.experiments.runner.jobs import job_alive
 from visprompt.experiments.runner.plan import SweepPlan
+from visprompt.experiments.runner.progress import SweepProgress
 from visprompt.experiments.runner.schedule import CacheScheduler
-from visprompt.experiments.store import DEFAULT_TIMEOUT, ResultsStore
+from visprompt.experiments.store import DEFAULT_TIMEOUT, ResultsStore, read_tail
 from visprompt.experiments.sweep import SweepRun
 
 #: Seconds the parent waits for workers to finish their current step after Ctrl-C.
@@ -69,10 +76,26 @@ def worker_context() -> Any:
 class _Worker:
     """One worker process and the pipe to it."""
 
-    def __init__(self, ctx: Any, index: int, db: Path, timeout: float, threads: int, log: Path):
+    def __init__(
+        self,
+        ctx: Any,
+        index: int,
+        db: Path,
+        timeout: float,
+        threads: int,
+        log: Path,
+        slot: int | None = None,
+        visible_gpus: str | None = None,
+    ):
         from visprompt.experiments.worker import worker_main
 
         self.index = index
+        #: the GPU slot this worker holds (None without --gpus)
+        self.slot = slot
+        environ = dict(os.environ)
+        if visible_gpus is not None:
+            # read by CUDA when the worker first touches it; the forkserver never does
+            environ["CUDA_VISIBLE_DEVICES"] = visible_gpus
         parent_end, child_end = ctx.Pipe()
         self.process = ctx.Process(
             target=worker_main,
@@ -83,7 +106,7 @@ class _Worker:
                 threads,
                 str(log),
                 os.getpid(),
-                dict(os.environ),
+                environ,
                 os.getcwd(),
             ),
             name=f"visprompt-sweep-worker-{index}",
@@ -124,6 +147,8 @@ class SweepOutcome:
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    #: runs whose submitit job ended before they finished (resubmitted by the next sweep)
+    lost: list[str] = field(default_factory=list)
     interrupted: bool = False
     cache_misses: int = 0
     seconds: float = 0.0
@@ -131,6 +156,7 @@ class SweepOutcome:
     def summary(self) -> str:
         return (
             f"{len(self.finished)} finished, {len(self.failed)} failed"
+            + (f", {len(self.lost)} interrupted (job ended early)" if self.lost else "")
             + (f", {len(self.skipped)} skipped (done or running elsewhere)" if self.skipped else "")
             + f" in {self.seconds:.1f} s"
         )
@@ -144,12 +170,19 @@ def run_sweep(
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
     on_done: Callable[[SweepRun, dict], None] | None = None,
+    gpus: Sequence[int] | None = None,
+    runs_per_gpu: int = 1,
 ) -> SweepOutcome:
     """Run the plan's new runs, ``jobs`` at a time in worker processes.
 
     Args:
         plan: from :func:`plan_sweep`.
-        jobs: worker processes.
+        jobs: worker processes (ignored with ``gpus``: one per slot).
+        gpus: GPU ids (checked by the caller, see
+            :func:`~visprompt.experiments.runner.devices.check_gpus`); each of
+            the ``len(gpus) * runs_per_gpu`` workers sees one through
+            ``CUDA_VISIBLE_DEVICES``.
+        runs_per_gpu: runs at a time on each GPU.
         threads: torch threads per worker (default: :func:`default_threads`).
         timeout: database busy timeout (seconds).
         progress: show the overall progress bar.
@@ -165,22 +198,23 @@ def run_sweep(
     Raises:
         VispromptError: ``jobs`` < 1 or the database cannot be written.
     """
+    slots = gpu_slots(gpus, runs_per_gpu) if gpus else None
+    if slots:
+        jobs = len(slots)
     if jobs < 1:
         raise VispromptError(f"--jobs must be at least 1, got {jobs}")
     threads = threads or default_threads(jobs)
     started = time.perf_counter()
     outcome = SweepOutcome()
     store = ResultsStore(plan.db, timeout=timeout)
-    bar = tqdm(
-        total=len(plan.new), desc=plan.sweep.name, unit="run", disable=not progress, leave=True
-    )
-    say = echo or (lambda text: bar.write(text, file=sys.stderr))
+    bar = SweepProgress(plan.sweep.name, len(plan.new), enabled=progress, parallel=jobs)
+    say = echo or bar.write
     try:
         store.add_pending(
             (r.run_id, r.config.to_dict(), plan.sweep.name, str(plan.run_dir(r))) for r in plan.new
         )
         plan.runs_dir.mkdir(parents=True, exist_ok=True)
-        runner = _Runner(plan, store, jobs, threads, timeout, outcome, bar, say, on_done)
+        runner = _Runner(plan, store, jobs, threads, timeout, outcome, bar, say, on_done, slots)
         try:
             runner.loop()
         except KeyboardInterrupt:
@@ -210,8 +244,10 @@ class _Runner:
         bar: Any,
         say: Callable[[str], None],
         on_done: Callable[[SweepRun, dict], None] | None = None,
+        slots: list[str] | None = None,
     ) -> None:
         self.plan, self.store, self.outcome, self.bar, self.say = plan, store, outcome, bar, say
+        self.slots = slots
         self.on_done = on_done
         self.jobs, self.threads, self.timeout = jobs, threads, timeout
         self.scheduler = CacheScheduler(plan.new)
@@ -235,8 +271,19 @@ class _Runner:
         return None
 
     def _spawn(self) -> _Worker:
+        slot = None
+        if self.slots:
+            taken = {w.slot for w in self.workers}
+            slot = next(i for i in slot_order(self.slots) if i not in taken)
         w = _Worker(
-            self.ctx, self.started_workers, self.plan.db, self.timeout, self.threads, self.log
+            self.ctx,
+            self.started_workers,
+            self.plan.db,
+            self.timeout,
+            self.threads,
+            self.log,
+            slot=slot,
+            visible_gpus=None if slot is None else self.slots[slot],
         )
         self.started_workers += 1
         self.workers.append(w)
@@ -255,12 +302,17 @@ class _Runner:
                 return
             config = run.config.to_dict()
             state = self.store.claim(
-                run.run_id, config, self.plan.sweep.name, str(self.plan.run_dir(run)), os.getpid()
+                run.run_id,
+                config,
+                self.plan.sweep.name,
+                str(self.plan.run_dir(run)),
+                os.getpid(),
+                job_alive=job_alive,
             )
             if state != "claimed":  # finished or taken by another sweep meanwhile
                 self.outcome.skipped.append(run.run_id)
                 self.scheduler.progressed(run.run_id)
-                self.bar.update(1)
+                self.bar.end(run.run_id, ok=True, skipped=True)
                 continue
             task = {
                 "run_id": run.run_id,
@@ -269,12 +321,9 @@ class _Runner:
                 "fresh": run.run_id in self.plan.fresh,
             }
             worker.run = run
+            self.bar.start(run.run_id)
             if not worker.send(task):
                 self._worker_died(worker)
-            self._postfix()
-
-    def _postfix(self) -> None:
-        self.bar.set_postfix(running=len(self._busy()), failed=len(self.outcome.failed))
 
     # -- events
 
@@ -341,9 +390,9 @@ class _Runner:
         elif kind == "interrupted":
             self.scheduler.failed(run_id)
             self.outcome.interrupted = True
+            self.bar.stop(run_id)
             return
-        self.bar.update(1)
-        self._postfix()
+        self.bar.end(run_id, ok=kind == "done")
 
     def _worker_died(self, worker: _Worker) -> None:
         """A worker exited (killed, out of memory, crashed), perhaps while running a run."""
@@ -365,11 +414,12 @@ class _Runner:
             f"worker process died (exit code {code}) while running this run; see {self.log} "
             "for its output"
         )
-        self.store.fail(run.run_id, error)
+        from visprompt.experiments.worker import RUN_LOG
+
+        self.store.fail(run.run_id, error, log_tail=read_tail(self.plan.run_dir(run) / RUN_LOG))
         self.scheduler.failed(run.run_id)
         self._report_failure(run, error)
-        self.bar.update(1)
-        self._postfix()
+        self.bar.end(run.run_id, ok=False)
 
     def _report_failure(self, run: SweepRun, error: str) -> None:
         """Record a failure; print each distinct error once (a missing file fails every run)."""
