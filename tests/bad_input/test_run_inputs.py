@@ -151,6 +151,16 @@ def _cases() -> list[tuple[str, object, str]]:
          "bad value for 'optim.momentum': Input should be greater than or equal to 0"),
         ("config-negative-weight-decay", lambda w: w.train_args("optim.weight_decay=-1e-4"),
          "bad value for 'optim.weight_decay': Input should be greater than or equal to 0"),
+        # -- hyper-parameter searches on val (linear-probe, tip-adapter): a grid, a val split
+        ("search-empty-c-grid", lambda w: w.train_args("method.name=linear-probe", "method.c_grid=[]"),
+         "method.c_grid is empty"),
+        ("search-empty-tip-grid",
+         lambda w: w.train_args("method.name=tip-adapter", "method.search_steps=[0,20]"),
+         "leaves an empty alpha/beta grid"),
+        ("search-no-val-split",
+         lambda w: w.train_args("method.name=tip-adapter-f", "noise.protocol=balanced",
+                                "data.val_shots=0"),
+         "tip-adapter-f's alpha/beta search needs the validation split, but data.val_shots is 0"),
         # -- checkpoint faults
         ("ckpt-missing", ckpt_args("nope.pt"), "checkpoint not found"),
         ("ckpt-truncated", ckpt_args("truncated.pt"), "cannot read checkpoint"),
@@ -404,3 +414,17 @@ def test_library_log_noise_is_kept_out_of_the_cli_output(tmp_path):
         [sys.executable, "-c", code, "--verbose", "methods"], capture_output=True, text=True
     )
     assert "No pretrained weights loaded" in loud.stderr
+
+
+def test_a_tip_cache_larger_than_memory_says_how_many_fit(world, tmp_path, monkeypatch):
+    import visprompt.methods.tip_adapter as tip
+
+    # 16 entries of a 64-d cache at batch 256: 4 * (64 + 4 + 512) = 2320 bytes each
+    monkeypatch.setattr(tip, "available_memory", lambda device: 10 * 2320 + 5)
+    cfg = load_run_config(None, run_overrides(world.data, "tip-adapter", **{"data.shots": 4}))
+    with pytest.raises(VispromptError, match=r"holds 16 entries, but only 10 fit in the") as exc:
+        train_run(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    assert "lower data.shots" in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(tip, "available_memory", lambda device: 16 * 2320)
+    train_run(cfg, tmp_path / "run", progress=False, log=lambda m: None)  # exactly fits

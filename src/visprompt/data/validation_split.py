@@ -139,7 +139,8 @@ class ValidationSplit:
         _ = self.features  # the readable subset is known once the features are read
         noise = self._labels()
         chosen = noise.true if clean else noise.noisy
-        return torch.as_tensor(chosen[self._kept], dtype=torch.long)
+        kept = self._kept if self._kept is not None else slice(None)
+        return torch.tensor(chosen[kept], dtype=torch.long)
 
     def true_labels(self) -> torch.Tensor:
         """(Nv,) true labels of the readable val images (for logging only)."""

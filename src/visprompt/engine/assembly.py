@@ -167,7 +167,7 @@ def fit_data(
     needs = cfg.method.requirements()
     return FitData(
         features=feats,
-        labels=torch.as_tensor(trainset.noise.noisy, dtype=torch.long),
+        labels=torch.tensor(trainset.noise.noisy, dtype=torch.long),
         val=val if needs.validation else None,
         batch_size=cfg.engine.batch_size,
     )
