@@ -1,8 +1,9 @@
 """Published numbers next to ours: the ``--paper FILE.csv`` of ``visprompt report``.
 
 The file is a CSV with the header ``dataset,noise_type,rate,method,accuracy``
-(any order) and an optional ``source`` column (where the number was read:
-paper, table). Lines starting with ``#`` are comments (cite the tables there).
+(any order) and the optional columns ``backbone`` (``RN50``), ``shots`` (16)
+and ``source`` (where the number was read: paper, table). Lines starting with
+``#`` are comments (cite the tables there).
 
 * ``dataset``: a dataset name of ``visprompt datasets list`` (``caltech101``);
 * ``noise_type``: one of the noise types (``sym``, ``asym``, ``real``, ...);
@@ -11,7 +12,8 @@ paper, table). Lines starting with ``#`` are comments (cite the tables there).
 * ``accuracy``: the published test accuracy in percent.
 
 A published number is put next to the report cell of the same dataset, noise
-type, rate and method *label* equal to the method's name: a labelled variant
+type, rate, backbone and shots (where the file gives them; compared without
+case) and method *label* equal to the method's name: a labelled variant
 (``coop (lr=0.001)``) departs from the defaults and so is not the paper's
 setting. Missing cells are simply left empty; a file that names an unknown
 column, method, dataset or noise type, or holds a value that is not a number
@@ -34,7 +36,7 @@ from visprompt.errors import VispromptError
 #: the columns a --paper file must have
 REQUIRED = ("dataset", "noise_type", "rate", "method", "accuracy")
 #: the columns it may have besides
-OPTIONAL = ("source",)
+OPTIONAL = ("backbone", "shots", "source")
 #: the published numbers that ship with visprompt (see the file's header)
 SHIPPED = (
     Path(__file__).resolve().parents[2] / "assets" / "published" / "noisy-prompt-rn50-16shot.csv"
@@ -49,6 +51,14 @@ class PublishedNumber:
     method: str
     accuracy: float
     source: str = ""
+    backbone: str = ""
+    shots: int | None = None
+
+    def fits(self, backbone: str, shots: int | None) -> bool:
+        """Whether the number is of a run with this backbone and shots (where it says)."""
+        return (not self.backbone or self.backbone.lower() == str(backbone).lower()) and (
+            self.shots is None or self.shots == shots
+        )
 
 
 def _key(dataset: str, noise_type: str, rate: float, method: str) -> tuple:
@@ -60,17 +70,32 @@ class Published:
     """The numbers of one ``--paper`` file, looked up by cell."""
 
     path: Path
-    numbers: dict[tuple, PublishedNumber]
+    numbers: dict[tuple, list[PublishedNumber]]
 
-    def __call__(self, dataset: str, noise_type: str, rate: float, label: str) -> float | None:
-        """The published accuracy of a report cell (None where the file has none)."""
-        hit = self.numbers.get(_key(dataset, noise_type, rate, label))
+    def __call__(
+        self, table_key: tuple, dataset: str, noise_type: str, rate: float, label: str
+    ) -> float | None:
+        """The published accuracy of a report cell (None where the file has none).
+
+        ``table_key`` is the cell's table's (backbone, shots, protocol).
+        """
+        hit = self.get(dataset, noise_type, rate, label, *table_key[:2])
         return None if hit is None else hit.accuracy
 
     def get(
-        self, dataset: str, noise_type: str, rate: float, method: str
+        self,
+        dataset: str,
+        noise_type: str,
+        rate: float,
+        method: str,
+        backbone: str = "",
+        shots: int | None = None,
     ) -> PublishedNumber | None:
-        return self.numbers.get(_key(dataset, noise_type, rate, method))
+        """The number of that cell for that backbone and shots (any, where not given)."""
+        for number in self.numbers.get(_key(dataset, noise_type, rate, method), []):
+            if not backbone or number.fits(backbone, shots):
+                return number
+        return None
 
 
 def _number(text: str, what: str, where: str, low: float, high: float, high_open: bool) -> float:
@@ -86,6 +111,16 @@ def _number(text: str, what: str, where: str, low: float, high: float, high_open
             f"{'0.5 for 50%' if what == 'rate' else '71.3 (percent)'}"
         )
     return value
+
+
+def _shots(text: str, where: str) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise VispromptError(
+            f"{where}: shots {text!r} is not a positive whole number; write e.g. 16"
+        )
+    return int(text)
 
 
 def load_published(path: str | Path) -> Published:
@@ -127,7 +162,7 @@ def load_published(path: str | Path) -> Published:
             f"name {', '.join(REQUIRED)}"
         )
     methods, datasets = set(METHOD_REGISTRY.names()), set(DATASETS.names())
-    numbers: dict[tuple, PublishedNumber] = {}
+    numbers: dict[tuple, list[PublishedNumber]] = {}
     for (lineno, _), row in zip(data[1:], rows[1:], strict=True):
         where = f"--paper file {path} line {lineno}"
         if len(row) != len(header):
@@ -158,15 +193,19 @@ def load_published(path: str | Path) -> Published:
             method=rec["method"],
             accuracy=_number(rec["accuracy"], "accuracy", where, 0.0, 100.0, high_open=False),
             source=rec.get("source", ""),
+            backbone=rec.get("backbone", ""),
+            shots=_shots(rec.get("shots", ""), where),
         )
         key = _key(number.dataset, number.noise_type, number.rate, number.method)
-        if key in numbers and numbers[key].accuracy != number.accuracy:
-            raise VispromptError(
-                f"{where} gives {number.method} on {number.dataset} {number.noise_type} "
-                f"{number.rate:g} a second number ({number.accuracy:g}, before "
-                f"{numbers[key].accuracy:g}); keep one"
-            )
-        numbers[key] = number
+        for other in numbers.get(key, []):
+            same = (other.backbone.lower(), other.shots) == (number.backbone.lower(), number.shots)
+            if same and other.accuracy != number.accuracy:
+                raise VispromptError(
+                    f"{where} gives {number.method} on {number.dataset} {number.noise_type} "
+                    f"{number.rate:g} a second number ({number.accuracy:g}, before "
+                    f"{other.accuracy:g}); keep one"
+                )
+        numbers.setdefault(key, []).append(number)
     if not numbers:
         raise VispromptError(
             f"--paper file {path} holds a header but no numbers; add one line per published cell"

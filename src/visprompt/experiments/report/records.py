@@ -143,7 +143,9 @@ def load_records(
             protocol=str((config.get("noise") or {}).get("protocol", "relabel")),
             seed=row["seed"],
             accuracy=float(row["test_accuracy"]),
-            flat=_flatten(identity_dict(config)),
+            # eval.select is left out of a config at its default (run ids stay): put it
+            # back, so that a label says select=last where runs of both selections share a cell
+            flat={"eval.select": "last", **_flatten(identity_dict(config))},
             trained=result.get("epochs") != 0,
             selection=str(
                 result.get("selection") or (config.get("eval") or {}).get("select") or "last"

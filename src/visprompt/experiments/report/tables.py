@@ -221,12 +221,12 @@ def _table_keys(records: Iterable[RunRecord]) -> list[tuple]:
 
 def paper_tables(
     records: list[RunRecord],
-    published: Callable[[str, str, float, str], float | None] | None = None,
+    published: Callable[[tuple, str, str, float, str], float | None] | None = None,
 ) -> list[Table]:
     """One paper-style table per (backbone, shots, protocol), with ``Average`` rows; best marked.
 
-    ``published(dataset, noise_type, rate, label)`` gives a paper's number for a
-    cell (see :mod:`~visprompt.experiments.report.published`), or None.
+    ``published(table_key, dataset, noise_type, rate, label)`` gives a paper's
+    number for a cell (:class:`~visprompt.experiments.report.published.Published`), or None.
     """
     tables = []
     for key in _table_keys(records):
@@ -237,7 +237,7 @@ def paper_tables(
             _add(cells, at, r.accuracy, r.run_id, r.seed)
         if published is not None:
             for ((dataset, noise), (rate, label)), cell in cells.items():
-                cell.published = published(dataset, noise, rate, label)
+                cell.published = published(key, dataset, noise, rate, label)
         cells.update(_average_cells(cells))
         rows = sorted(
             {at[0] for at in cells},
