@@ -135,8 +135,9 @@ def test_label_issue_export(colour_dataset, tmp_path, method, capsys):
     flagged = [r for r in truly_noisy if r["verdict"] == "noisy"]
     assert s["num_truly_noisy"] == len(truly_noisy) == 16
     assert s["noisy_recall"] == pytest.approx(len(flagged) / len(truly_noisy))
-    if method == "coop":
-        assert issues.verdict_source == "model prediction differs from the given label"
+    if method == "coop":  # no purifier: the cross-fitted (out-of-sample) prediction judges
+        assert issues.detector == "crossfit" and "-fold cross-fit" in issues.verdict_source
+        assert {r["scoring"] for r in rows} == {issues.evidence.describe("out-of-sample")}
         assert all(
             (r["verdict"] == "noisy") == (r["predicted_label"] != r["given_label"]) for r in rows
         )
