@@ -5,7 +5,10 @@ geekyutao/TaskRes 5195359 ``trainers/taskres.py``; gaopengcuhk/CLIP-Adapter
 08d07f8 ``clip_adapter.py``; jusiro/CLAP dbdf409 ``trainers/adapters.py``
 (``zero_shot_constraint``, ``init_lagrangian_multipliers``); htyao89/KgCoOp
 c43ccc3 ``KgCoOp/trainers/kgcoop.py``; BeierZhu/Prompt-align 1b76203
-``Dassl.ProGrad.pytorch/dassl/engine/trainer.py`` (``prograd_backward_and_update``).
+``Dassl.ProGrad.pytorch/dassl/engine/trainer.py`` (``prograd_backward_and_update``);
+KaiyangZhou/CoOp ff61507 ``lpclip/linear_probe.py`` (the C search); gaopengcuhk/Tip-Adapter
+d0e2d6f ``main.py`` (``run_tip_adapter``, ``run_tip_adapter_F``) and ``utils.py``
+(``build_cache_model``, ``search_hp``).
 
 TaskRes, CLIP-Adapter, ZS-LP, CLAP (heads on the frozen features against the
 zero-shot classifier), KgCoOp (CoOp + distance to the zero-shot text features)
@@ -15,6 +18,8 @@ and resume each of them like every registered method.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -196,3 +201,184 @@ def test_reference_defaults(name, optim):
     )
     o = cfg.optim
     assert (o.name, o.lr, o.batch_size, o.epochs) == optim
+
+
+# ---------------------------------------------------------------- linear-probe (lpclip)
+
+
+def lpclip_reference(acc_of, steps=8):
+    """KaiyangZhou/CoOp ff61507 lpclip/linear_probe.py l.53-118, restated: the coarse list,
+    ``np.argmax`` peak, then ``binary_search`` (ranges in log10, ``np.power(10, .)``)."""
+    import numpy as np
+
+    search_list = [1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6]
+    acc_list = [acc_of(c) for c in search_list]
+    c_peak = search_list[np.argmax(acc_list)]
+    c_left, c_right = 1e-1 * c_peak, 1e1 * c_peak
+    ranges, c_final = [], c_peak
+    for _ in range(steps):
+        ranges.append((c_left, c_right))
+        acc_left, acc_right = acc_of(c_left), acc_of(c_right)
+        if acc_left < acc_right:
+            c_final = c_right
+            c_left = 0.5 * (np.log10(c_right) + np.log10(c_left))
+            c_right = np.log10(c_right)
+        else:
+            c_final = c_left
+            c_right = 0.5 * (np.log10(c_right) + np.log10(c_left))
+            c_left = np.log10(c_left)
+        c_left, c_right = np.power(10, c_left), np.power(10, c_right)
+    return ranges, c_final
+
+
+@pytest.mark.parametrize(
+    "acc_of",
+    [
+        lambda c: -abs(math.log10(c) - 0.3),  # a peak at 10^0.3, between grid values
+        lambda c: float(round(math.log10(c)) % 3 == 0),  # plateaus: every tie rule decides
+        lambda c: -abs(math.log10(c) + 3.7),
+    ],
+)
+def test_lpclip_search_is_the_references(acc_of):
+    from visprompt.methods.linear_probe import LPCLIP_GRID, lpclip_search
+
+    ranges, final = lpclip_reference(acc_of)
+    ours = lpclip_search(acc_of, LPCLIP_GRID, 8)
+    assert [(s[0], s[2]) for s in ours.steps] == ranges  # to the bit
+    assert ours.chosen == final
+
+
+def test_lpclip_on_a_real_problem_chooses_the_references_c(backbone):
+    """The whole fit: restated lpclip (sklearn fits on train, predict on val) against ours."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from visprompt.data.features import SplitFeatures
+    from visprompt.data.types import Sample
+    from visprompt.data.validation_split import ValidationSplit
+    from visprompt.methods.fitted import FitData
+
+    g = torch.Generator().manual_seed(7)
+    centres = torch.randn(4, backbone.embed_dim, generator=g)
+    y, yv = torch.arange(4).repeat(8), torch.arange(4).repeat(4)
+    x = F.normalize(centres[y] + 2.5 * torch.randn(32, backbone.embed_dim, generator=g), dim=-1)
+    xv = F.normalize(centres[yv] + 2.5 * torch.randn(16, backbone.embed_dim, generator=g), dim=-1)
+    xn, xvn = x.double().numpy(), xv.double().numpy()
+
+    def acc_of(c):  # the reference's fit and score, l.57-60 and l.70-78
+        clf = LogisticRegression(solver="lbfgs", max_iter=1000, C=c).fit(xn, y.numpy())
+        return sum(clf.predict(xvn) == yv.numpy()) / len(yv)
+
+    _, final = lpclip_reference(acc_of)
+    method = build(backbone, "linear-probe")
+    ok = torch.ones(32, dtype=torch.bool)
+    samples = tuple(Sample(f"/v/{i}", int(t), CLASSES[int(t)]) for i, t in enumerate(yv))
+    val = ValidationSplit(samples, 4, cache=None, _features=SplitFeatures(xv, ok[:16]))
+    method.fit_data(FitData(SplitFeatures(x, ok), y, val))
+    assert method.fit().chosen == final
+    clf = LogisticRegression(solver="lbfgs", max_iter=1000, C=final).fit(xn, y.numpy())
+    assert np.array_equal(method(FeatureBatch(xv)).argmax(1).numpy(), clf.predict(xvn))
+
+
+# ---------------------------------------------------------------- tip-adapter
+
+
+def tip_reference_search(cfg, cache_keys, cache_values, features, labels, clip_weights, scale):
+    """gaopengcuhk/Tip-Adapter d0e2d6f utils.py ``search_hp`` l.99-129, restated (``100.``
+    replaced by the model's ``scale``; cache_keys D x M, clip_weights D x K as there)."""
+    beta_list = [
+        i * (cfg["search_scale"][0] - 0.1) / cfg["search_step"][0] + 0.1
+        for i in range(cfg["search_step"][0])
+    ]
+    alpha_list = [
+        i * (cfg["search_scale"][1] - 0.1) / cfg["search_step"][1] + 0.1
+        for i in range(cfg["search_step"][1])
+    ]
+    best_acc, best_beta, best_alpha = 0, 0, 0
+    for beta in beta_list:
+        for alpha in alpha_list:
+            affinity = features @ cache_keys
+            cache_logits = ((-1) * (beta - beta * affinity)).exp() @ cache_values
+            clip_logits = scale * features @ clip_weights
+            tip_logits = clip_logits + cache_logits * alpha
+            acc = 100.0 * float((tip_logits.argmax(1) == labels).float().mean())
+            if acc > best_acc:
+                best_acc, best_beta, best_alpha = acc, beta, alpha
+    return best_beta, best_alpha, best_acc
+
+
+def test_tip_adapter_logits_and_search_are_the_references(backbone):
+    from visprompt.data.features import SplitFeatures
+    from visprompt.data.types import Sample
+    from visprompt.data.validation_split import ValidationSplit
+    from visprompt.methods.fitted import FitData
+
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(4, backbone.embed_dim, generator=g)
+    y, yv = torch.arange(4).repeat(4), torch.arange(4).repeat(5)
+    x = centres[y] + 1.2 * torch.randn(16, backbone.embed_dim, generator=g)
+    xv = centres[yv] + 1.2 * torch.randn(20, backbone.embed_dim, generator=g)
+    yv_given = yv.clone()
+    yv_given[::4] = (yv[::4] + 2) % 4
+    cfg = {"search_scale": [7, 3], "search_step": [30, 10]}
+    method = build(backbone, "tip-adapter", search_scale=(7.0, 3.0), search_steps=(30, 10))
+    ok = torch.ones(16, dtype=torch.bool)
+    samples = tuple(Sample(f"/v/{i}", int(t), CLASSES[int(t)]) for i, t in enumerate(yv_given))
+    val = ValidationSplit(samples, 4, cache=None, _features=SplitFeatures(xv, ok.repeat(2)[:20]))
+    method.fit_data(FitData(SplitFeatures(x, ok), y, val, batch_size=7))
+    # the cache of build_cache_model (one pass: keys normalised, D x M; values one-hot)
+    cache_keys = F.normalize(x, dim=-1).t()
+    cache_values = F.one_hot(y).float()
+    clip_weights = F.normalize(method.zs_text, dim=-1).t()
+    fv = F.normalize(xv, dim=-1)  # pre_load_features normalises val/test features
+    beta, alpha, acc = tip_reference_search(
+        cfg, cache_keys, cache_values, fv, yv_given, clip_weights, backbone.logit_scale
+    )
+    assert acc > 0  # the reference's start at 0 and ours at "none yet" agree here
+    assert (method.beta(), method.alpha()) == (beta, alpha)
+    assert method.val_accuracy == pytest.approx(acc)
+    # run_tip_adapter's test logits at the chosen pair (main.py l.55-60)
+    affinity = fv @ cache_keys
+    ref = (
+        backbone.logit_scale * fv @ clip_weights
+        + ((-1) * (beta - beta * affinity)).exp() @ cache_values * alpha
+    )
+    assert rel_err(method(FeatureBatch(xv)), ref) < 1e-6
+
+
+def test_tip_adapter_f_step_is_the_references(backbone):
+    """run_tip_adapter_F l.70-99: keys = adapter.weight (M x D) trained by AdamW on CE of the
+    logits at the initial alpha, beta; one step of ours equals one of the restated loop."""
+    from visprompt.data.features import SplitFeatures
+    from visprompt.data.types import Sample
+    from visprompt.data.validation_split import ValidationSplit
+    from visprompt.methods.fitted import FitData
+
+    g = torch.Generator().manual_seed(5)
+    y = torch.arange(4).repeat(3)
+    x = torch.randn(12, backbone.embed_dim, generator=g)
+    method = build(backbone, "tip-adapter-f", search_steps=(3, 2))
+    ok = torch.ones(12, dtype=torch.bool)
+    samples = tuple(Sample(f"/v/{i}", int(t), CLASSES[int(t)]) for i, t in enumerate(y))
+    val = ValidationSplit(samples, 4, cache=None, _features=SplitFeatures(x, ok))
+    method.fit_data(FitData(SplitFeatures(x, ok), y, val))
+    adapter = torch.nn.Linear(backbone.embed_dim, 12, bias=False)
+    adapter.weight = torch.nn.Parameter(F.normalize(x, dim=-1).clone())
+    ref_opt = torch.optim.AdamW(adapter.parameters(), lr=0.001)
+    ours_opt = torch.optim.AdamW(method.parameters(), lr=0.001)
+    cache_values = F.one_hot(y).float()
+    clip_weights = F.normalize(method.zs_text, dim=-1).t()
+    beta, alpha = 1.0, 1.17  # init_beta, init_alpha
+    batch_x = F.normalize(torch.randn(6, backbone.embed_dim, generator=g), dim=-1)
+    batch_y = torch.tensor([0, 1, 2, 3, 0, 1])
+    for _ in range(2):
+        affinity = adapter(batch_x)
+        cache_logits = ((-1) * (beta - beta * affinity)).exp() @ cache_values
+        tip = backbone.logit_scale * batch_x @ clip_weights + cache_logits * alpha
+        ref_opt.zero_grad()
+        F.cross_entropy(tip, batch_y).backward()
+        ref_opt.step()
+        ours_opt.zero_grad()
+        F.cross_entropy(method(FeatureBatch(batch_x)), batch_y).backward()
+        ours_opt.step()
+    assert rel_err(method.key_weights, adapter.weight) < 1e-6
