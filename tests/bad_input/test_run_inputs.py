@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -428,3 +429,96 @@ def test_a_tip_cache_larger_than_memory_says_how_many_fit(world, tmp_path, monke
     assert not (tmp_path / "run").exists()
     monkeypatch.setattr(tip, "available_memory", lambda device: 16 * 2320)
     train_run(cfg, tmp_path / "run", progress=False, log=lambda m: None)  # exactly fits
+
+
+# ---------------------------------------------------------------- scale-out (issue 15)
+
+
+def _tiny_sweep_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    config = Path(__file__).resolve().parents[2] / "configs" / "sweeps" / "tiny.yaml"
+    args = ["sweep", "--config", str(config), "--db", str(tmp_path / "r.sqlite"), "--quiet"]
+    return [*args, "--set", f"data.root={data}", *extra]
+
+
+@pytest.mark.parametrize(
+    ("fake", "extra", "fragment"),
+    [
+        ("0", ["--gpus", "0"], "--gpus given but this machine has no CUDA GPU"),
+        ("2", ["--gpus", "0,3"], "--gpus names GPU 3, but this machine has 2 (ids 0-1)"),
+        ("2", ["--gpus", "0,a"], "is not a list of GPU ids"),
+        ("2", ["--gpus", "0", "--runs-per-gpu", "0"], "--runs-per-gpu must be at least 1"),
+        ("2", ["--gpus", "0", "--executor", "local"], "leave --gpus out"),
+        (None, ["--executor", "slurm"], "sbatch, which is not on PATH"),
+        (None, ["--slurm-partition", "gpu"], "--slurm-partition needs --executor slurm"),
+    ],
+)
+def test_gpu_and_cluster_options_are_refused_before_anything_is_written(
+    tmp_path, colour_dataset, monkeypatch, capsys, fake, extra, fragment
+):
+    from visprompt.experiments.runner.devices import FAKE_GPUS_ENV
+
+    monkeypatch.delenv(FAKE_GPUS_ENV, raising=False)
+    if fake:
+        monkeypatch.setenv(FAKE_GPUS_ENV, fake)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))  # no sbatch anywhere
+    before = tree_snapshot(tmp_path, colour_dataset)
+    assert main(_tiny_sweep_args(tmp_path, colour_dataset, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and fragment in err and "\n" not in err
+    assert tree_snapshot(tmp_path, colour_dataset) == before
+
+
+@pytest.mark.parametrize("option", ["--runs-dir", "--cache-dir"])
+def test_an_unwritable_runs_or_cache_dir_is_refused(
+    tmp_path, colour_dataset, monkeypatch, capsys, option
+):
+    """Root may write anywhere, so the permission itself is simulated."""
+    locked = tmp_path / "shared"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    args = _tiny_sweep_args(tmp_path, colour_dataset, option, str(locked / "x"))
+    assert main([*args, "--executor", "local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{option} {locked / 'x'} cannot be written" in err and "\n" not in err
+    assert not (tmp_path / "r.sqlite").exists() and list(locked.iterdir()) == []
+
+
+def test_a_db_another_sweep_is_collecting_into_is_waited_for_never_corrupted(
+    tmp_path, colour_dataset, capsys
+):
+    import threading
+
+    args = _tiny_sweep_args(tmp_path, colour_dataset, "--collect")
+    assert main(args) == 0  # creates the database: 8 runs, none started
+    db = tmp_path / "r.sqlite"
+    rows = sqlite3.connect(db).execute("SELECT id, status FROM runs ORDER BY id").fetchall()
+    assert len(rows) == 8
+
+    def hold(seconds: float, held: threading.Event) -> None:  # another collector's transaction
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    for seconds, timeout, code in ((0.8, "30", 0), (1.5, "0.3", 2)):
+        held = threading.Event()
+        holder = threading.Thread(target=hold, args=(seconds, held))
+        holder.start()
+        held.wait()
+        started = time.monotonic()
+        assert main([*args, "--db-timeout", timeout]) == code
+        waited = time.monotonic() - started
+        holder.join()
+        err = capsys.readouterr().err.strip()
+        if code == 0:
+            assert waited >= 0.7 and not err  # waited for the lock, then went on
+        else:
+            assert err.startswith("error: results database") and "is locked by another" in err
+            assert "--db-timeout" in err and "\n" not in err
+        conn = sqlite3.connect(db)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT id, status FROM runs ORDER BY id").fetchall() == rows
+        conn.close()

@@ -10,6 +10,9 @@ Examples::
         --set data.root=/data --set backbone.checkpoint=/ckpt/RN50.pt
     visprompt sweep --config configs/sweeps/paper-rn50.yaml --db results.sqlite --dry-run \\
         --set data.root=/data --set backbone.checkpoint=/ckpt/RN50.pt
+    visprompt sweep --config configs/sweeps/paper-rn50.yaml --db results.sqlite --gpus 0,1,2,3
+    visprompt sweep --config configs/sweeps/paper-rn50.yaml --db /shared/results.sqlite \
+        --executor slurm --slurm-partition gpu --runs-dir /shared/runs --cache-dir /shared/cache
     visprompt runs list --db results.sqlite --status failed
     visprompt runs show 3fa9c2 --db results.sqlite
     visprompt report --db results.sqlite --out report/ --dataset caltech101
@@ -59,7 +62,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate and count, run nothing")
     p.add_argument("--list", action="store_true", help="with --dry-run: print every run")
     p.add_argument("--retry-failed", action="store_true", help="also rerun failed runs")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    _add_scale_out_args(p)
     p.set_defaults(func=cmd_sweep)
 
     p = subparsers.add_parser("runs", help="inspect the runs in a results database")
@@ -92,10 +96,6 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
     p.add_argument("--method", action="append", help="only this method (repeatable)")
     p.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
-    p.set_defaults(func=cmd_report)
-
-
-def _add_db_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latex", action="store_true", help="also write booktabs LaTeX tables")
     p.add_argument(
         "--paper",
@@ -107,6 +107,50 @@ def _add_db_args(p: argparse.ArgumentParser) -> None:
         "--run", metavar="DIR", help="report one run folder instead: per-class test accuracy"
     )
     p.add_argument("--root", help="with --run: the run's dataset moved here")
+    p.set_defaults(func=cmd_report)
+
+
+def _add_scale_out_args(p: argparse.ArgumentParser) -> None:
+    """``sweep`` options for GPUs, the shared feature cache and submitit executors."""
+    p.add_argument(
+        "--cache-dir",
+        help="feature cache folder of every run (sets data.cache_dir; on a cluster: a "
+        "shared filesystem)",
+    )
+    g = p.add_argument_group("GPUs of this machine")
+    g.add_argument(
+        "--gpus", help="GPU ids to run on, e.g. 0,1,2,3: one worker per GPU slot (not --jobs)"
+    )
+    g.add_argument("--runs-per-gpu", type=int, default=1, help="runs at a time per GPU")
+    g = p.add_argument_group("cluster (submitit)")
+    g.add_argument(
+        "--executor",
+        choices=["slurm", "local"],
+        help="submit each run as a job: slurm (sbatch job arrays) or local (submitit's "
+        "local executor); jobs train into --runs-dir, this process fills --db",
+    )
+    g.add_argument("--collect", action="store_true", help="only ingest finished run folders")
+    g.add_argument("--slurm-partition", help="SLURM partition (default: the cluster's)")
+    g.add_argument("--slurm-gpus-per-run", type=int, help="GPUs per job (default 1; 0 with local)")
+    g.add_argument(
+        "--slurm-time", type=int, default=120, help="minutes per job before it is requeued"
+    )
+    g.add_argument("--slurm-array-parallelism", type=int, default=32, help="jobs running at once")
+    g.add_argument(
+        "--slurm-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another sbatch option, e.g. account=abc or qos=high (repeatable)",
+    )
+    g.add_argument(
+        "--poll-seconds",
+        type=float,
+        help="how often to look at the jobs (default 15 with slurm, 1 with local)",
+    )
+
+
+def _add_db_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=DEFAULT_DB, help=f"results database (default {DEFAULT_DB})")
     p.add_argument(
         "--db-timeout",
@@ -119,15 +163,77 @@ def _add_db_args(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- sweep
 
 
+def _cluster_options(args: argparse.Namespace) -> Any:
+    """``--executor`` and its ``--slurm-*`` options (None without ``--executor``)."""
+    from visprompt.experiments.runner import ClusterOptions, check_options
+
+    if args.executor is None:
+        given = [
+            name
+            for name, value in (
+                ("--slurm-partition", args.slurm_partition),
+                ("--slurm-gpus-per-run", args.slurm_gpus_per_run),
+                ("--slurm-option", args.slurm_option),
+            )
+            if value
+        ]
+        if given:
+            raise VispromptError(f"{given[0]} needs --executor slurm; add it or leave it out")
+        return None
+    if args.gpus:
+        raise VispromptError(
+            "--gpus places local workers; with --executor each job gets its GPUs from "
+            "--slurm-gpus-per-run; leave --gpus out"
+        )
+    extra = {}
+    for text in args.slurm_option:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise VispromptError(f"--slurm-option {text!r} is not KEY=VALUE; e.g. account=abc")
+        extra[key.strip()] = value
+    local = args.executor == "local"
+    gpus_per_run = args.slurm_gpus_per_run
+    options = ClusterOptions(
+        executor=args.executor,
+        partition=args.slurm_partition,
+        gpus_per_run=(0 if local else 1) if gpus_per_run is None else gpus_per_run,
+        time_min=args.slurm_time,
+        array_parallelism=args.slurm_array_parallelism,
+        cpus_per_run=args.threads,
+        extra=extra,
+        poll_seconds=args.poll_seconds or (1.0 if local else 15.0),
+    )
+    check_options(options)
+    return options
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from visprompt.experiments.runner import plan_sweep, run_sweep
+    from visprompt.engine.checkpoint import check_writable
+    from visprompt.experiments.runner import (
+        check_gpus,
+        collect_sweep,
+        parse_gpus,
+        plan_sweep,
+        run_sweep,
+        submit_sweep,
+    )
     from visprompt.experiments.sweep import load_sweep
 
     if args.jobs < 1:
         raise VispromptError(f"--jobs must be at least 1, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
         raise VispromptError(f"--threads must be at least 1, got {args.threads}")
+    if args.runs_per_gpu < 1:
+        raise VispromptError(f"--runs-per-gpu must be at least 1, got {args.runs_per_gpu}")
+    options = _cluster_options(args)
+    gpus = parse_gpus(args.gpus) if args.gpus else None
+    if gpus is not None and not (args.dry_run or args.collect):
+        check_gpus(gpus)
     overrides = list(args.overrides)
+    if args.cache_dir:
+        cache = Path(args.cache_dir).expanduser().absolute()
+        check_writable(cache, "--cache-dir", "folder")
+        overrides.append(f"data.cache_dir={cache}")
     if args.mlflow:
         from visprompt.engine.tracking import import_mlflow
 
@@ -137,6 +243,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     plan = plan_sweep(
         sweep, args.db, args.runs_dir, retry_failed=args.retry_failed, timeout=args.db_timeout
     )
+    if args.collect or (options is not None and not args.dry_run):
+        # what jobs finished (or lost) since the last look, before deciding what to submit
+        collected = collect_sweep(plan, timeout=args.db_timeout)
+        if args.collect or collected.counts["done"] or collected.counts["interrupted"]:
+            print(collected.summary(), flush=True)
+        if args.collect:
+            return 1 if collected.counts["failed"] or collected.counts["interrupted"] else 0
+        plan = plan_sweep(
+            sweep, args.db, args.runs_dir, retry_failed=args.retry_failed, timeout=args.db_timeout
+        )
     print(plan.summary(), flush=True)
     if args.dry_run:
         _print_dry_run(plan, every=args.list)
@@ -144,13 +260,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not plan.new:
         print("nothing to run")
         return 0 if not plan.failed else 1
-    outcome = run_sweep(
-        plan,
-        jobs=args.jobs,
-        threads=args.threads,
-        timeout=args.db_timeout,
-        progress=not args.quiet,
-    )
+    if options is not None:
+        outcome = submit_sweep(
+            plan, options, threads=args.threads, timeout=args.db_timeout, progress=not args.quiet
+        )
+    else:
+        outcome = run_sweep(
+            plan,
+            jobs=args.jobs,
+            threads=args.threads,
+            timeout=args.db_timeout,
+            progress=not args.quiet,
+            gpus=gpus,
+            runs_per_gpu=args.runs_per_gpu,
+        )
     if outcome.interrupted:
         print(
             f"interrupted: {outcome.summary()}; run the same command again to continue",
@@ -158,7 +281,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return 130
     print(f"sweep {sweep.name}: {outcome.summary()}; results in {plan.db}")
-    if outcome.failed or plan.failed:
+    if outcome.lost:
+        print(
+            f"{len(outcome.lost)} jobs ended before their run finished; run the same command "
+            "again to resubmit them (they resume from their last checkpoint)",
+            file=sys.stderr,
+        )
+    if outcome.failed or plan.failed or outcome.lost:
         print(
             f"some runs failed; see `visprompt runs list --db {plan.db} --status failed`, fix "
             "the cause and rerun with --retry-failed",
@@ -215,7 +344,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
         return 0
     header = (
         f"{'ID':16s}  {'STATUS':11s}  {'METHOD':10s}  {'DATASET':16s}  {'NOISE':10s}  "
-        f"{'SEED':>4s}  {'ACC':>6s}  {'SECONDS':>8s}  ERROR"
+        f"{'SEED':>4s}  {'ACC':>6s}  {'SECONDS':>8s}  {'WHERE':18s}  ERROR"
     )
     print(header)
     for r in runs:
@@ -224,7 +353,8 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
         print(
             f"{r['id']:16s}  {r['status']:11s}  {str(r['method'])[:10]:10s}  "
             f"{str(r['dataset'])[:16]:16s}  {noise:10s}  {str(r['seed']):>4s}  "
-            f"{_fmt_num(r['test_accuracy']):>6s}  {_fmt_num(r['wall_seconds'], 1):>8s}  {error}"
+            f"{_fmt_num(r['test_accuracy']):>6s}  {_fmt_num(r['wall_seconds'], 1):>8s}  "
+            f"{_where(r)[:18]:18s}  {error}"
         )
     counts: dict[str, int] = {}
     for r in runs:
@@ -232,6 +362,15 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
     print(f"{len(runs)} runs ({shown})")
     return 0
+
+
+def _where(run: dict) -> str:
+    """Where a run ran: its job (``slurm 1234_5``), else its GPU, else its worker pid."""
+    if run.get("job_id"):
+        return f"{run['executor']} {run['job_id']}"
+    if run.get("visible_gpus"):
+        return f"gpu {run['visible_gpus']}"
+    return f"pid {run['worker_pid']}" if run.get("worker_pid") else "-"
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
@@ -259,6 +398,9 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
         f"resumed: {run['resumed']}",
         f"  host:        {run['host'] or '-'}   sweep pid: {run['owner_pid'] or '-'}   worker pid: "
         f"{run['worker_pid'] or '-'}",
+        f"  device:      {run['device'] or '-'}   CUDA_VISIBLE_DEVICES: "
+        f"{run['visible_gpus'] if run['visible_gpus'] is not None else '-'}   job: "
+        f"{_where(run) if run['job_id'] else '-'}",
         f"  accuracy:    {_fmt_num(run['test_accuracy'])}%   macro: "
         f"{_fmt_num(run['test_macro_accuracy'])}%",
         f"  feature cache: {run['cache_misses'] if run['cache_misses'] is not None else '-'} "
@@ -270,6 +412,9 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
         )
     if run["error"]:
         lines.append(f"  error:       {run['error']}")
+    if run["log_tail"]:
+        lines.append("  log tail:")
+        lines.extend(f"    {line}" for line in run["log_tail"].splitlines()[-20:])
     print("\n".join(lines))
     print("config:")
     print("  " + yaml.safe_dump(run["config"], sort_keys=False).rstrip().replace("\n", "\n  "))
@@ -299,6 +444,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from visprompt.experiments.report import write_report
 
     check_writable(args.out, "--out", "folder")
+    if args.run is not None:
+        return _report_run(args)
+    if args.root is not None:
+        raise VispromptError("--root only applies with --run DIR; leave it out")
     written = write_report(
         args.db,
         Path(args.out),
@@ -306,18 +455,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         methods=args.method,
         backbones=args.backbone,
         timeout=args.db_timeout,
+        latex=args.latex,
+        paper=args.paper,
     )
     print(
         f"report of {written.runs} runs written to {written.folder} "
         f"({len(written.files)} files); open {written.folder / 'index.md'}"
     )
     return 0
-    if args.run is not None:
-        return _report_run(args)
-    if args.root is not None:
-        raise VispromptError("--root only applies with --run DIR; leave it out")
-        latex=args.latex,
-        paper=args.paper,
 
 
 def _report_run(args: argparse.Namespace) -> int:
