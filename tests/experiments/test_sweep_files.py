@@ -219,9 +219,14 @@ def test_baselines_demo_sweep_covers_every_baseline_under_their_settings():
     methods = {r.config.method.name for r in sweep.runs}
     assert methods == {
         "zeroshot", "coop", "nlprompt", "visprompt", "kgcoop", "prograd",
-        "clip-adapter", "taskres", "zs-lp", "clap",
+        "clip-adapter", "taskres", "zs-lp", "clap", "linear-probe", "tip-adapter",
+        "tip-adapter-f",
     }  # fmt: skip
-    assert len(sweep.runs) == 3 + 6 * 9 + 9 + 2 * 9
+    assert len(sweep.runs) == 3 + 6 * 9 + 9 + 2 * 9 + 9 + 2 * 2 * 9
+    assert {r.config.method.purify for r in sweep.runs if "tip" in r.config.method.name} == {
+        "none",
+        "ot",
+    }
     by_method = {r.config.method.name: r.config.optim for r in sweep.runs}
     assert (by_method["clap"].name, by_method["clap"].lr, by_method["clap"].epochs) == (
         "sgd",
@@ -229,3 +234,29 @@ def test_baselines_demo_sweep_covers_every_baseline_under_their_settings():
         300,
     )
     assert by_method["taskres"].name == "adam" and by_method["coop"].epochs == 30
+    assert by_method["linear-probe"].epochs == 1
+    assert (by_method["tip-adapter-f"].name, by_method["tip-adapter-f"].epochs) == ("adamw", 20)
+
+
+def test_baselines_sweep_expands_to_the_paper_grid():
+    sweep = load_sweep(SWEEPS / "baselines.yaml", PAPER_SETS)
+    assert len(sweep.runs) == 6 * 2 * 6 * 9 * 3 + 9 * 3
+    synthetic = [r.config for r in sweep.runs if r.config.data.dataset != "food101n"]
+    assert {c.noise.rate for c in synthetic} == {0.125, 0.25, 0.375, 0.5, 0.625, 0.75}
+    per_method: dict[str, int] = {}
+    for cfg in (r.config for r in sweep.runs):
+        per_method[cfg.method.name] = per_method.get(cfg.method.name, 0) + 1
+        entry = METHOD_REGISTRY.get(cfg.method.name)
+        for key, value in entry.defaults.items():  # each method's reference optimiser
+            section, name = key.split(".")
+            if section == "optim" and not (cfg.data.dataset == "eurosat" and name == "epochs"):
+                assert getattr(cfg.optim, name) == value, (cfg.method.name, key)
+    assert set(per_method.values()) == {6 * 2 * 6 * 3 + 3}  # every method on every setting
+    tip_f = {
+        r.config.data.dataset: r.config
+        for r in sweep.runs
+        if r.config.method.name == "tip-adapter-f"
+    }
+    assert (
+        tip_f["eurosat"].optim.epochs == 100 and tip_f["oxford_flowers"].method.init_alpha == 10.0
+    )
