@@ -132,3 +132,26 @@ def test_ot_purified_cache_keeps_the_entries_ot_judges_clean(backbone):
     assert torch.equal(method.kept, clean)
     assert torch.equal(method.keys(), F.normalize(x[clean], dim=-1))
     assert torch.equal(method.values, F.one_hot(noisy[clean], 4).float())
+
+
+@pytest.mark.parametrize("name", ["linear-probe", "tip-adapter", "tip-adapter-f"])
+def test_a_finished_run_records_its_choice_and_reloads_to_the_same_accuracy(
+    name, colour_dataset, tmp_path
+):
+    from vp_testing import run_overrides
+
+    from visprompt.config import load_run_config
+    from visprompt.engine.reload import evaluate_run
+    from visprompt.engine.run import train_run
+
+    extra = {"data.shots": 4, "noise.type": "sym", "noise.rate": 0.25, "optim.epochs": 2}
+    if name != "tip-adapter-f":
+        extra.pop("optim.epochs")
+    cfg = load_run_config(None, run_overrides(colour_dataset, name, **extra))
+    result = train_run(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    fit = result["fit"]
+    assert fit["val_labels"] == "noisy" and fit["val_noise"] == "sym"
+    assert fit["val_images"] > 0 and 0 <= fit["val_accuracy"] <= 100
+    assert ("C" in fit) == (name == "linear-probe") and ("alpha" in fit) != (name == "linear-probe")
+    again = evaluate_run(tmp_path / "run", progress=False)
+    assert again["accuracy"] == pytest.approx(result["test_accuracy"])

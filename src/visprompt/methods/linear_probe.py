@@ -259,7 +259,7 @@ class LinearProbe(FitsOnData, PromptMethod):
         clean = self.config.val_labels == "clean"
         val = self._data.val.record(clean=clean) if self._data and self._data.val else {}
         return {
-            "selection": {
+            "fit": {
                 "what": "linear-probe C (lpclip search on val)",
                 "C": self.search.chosen,
                 "val_accuracy": 100.0 * self.search.accuracy,

@@ -337,7 +337,7 @@ class TipAdapter(FitsOnData, FeatureMethod):
         }
         if data is not None and data.val is not None:
             record.update(data.val.record(clean=self.config.val_labels == "clean"))
-        return {"selection": record}
+        return {"fit": record}
 
 
 @register_method(

@@ -146,7 +146,8 @@ def load_records(
             # eval.select is left out of a config at its default (run ids stay): put it
             # back, so that a label says select=last where runs of both selections share a cell
             flat={"eval.select": "last", **_flatten(identity_dict(config))},
-            trained=result.get("epochs") != 0,
+            # a fitted method (tip-adapter: no epochs) still read its training labels
+            trained=result.get("epochs") != 0 or "fit" in result,
             selection=str(
                 result.get("selection") or (config.get("eval") or {}).get("select") or "last"
             ),
