@@ -38,8 +38,10 @@ from visprompt.engine.run_folder import (
     write_metrics,
     write_result,
 )
+from visprompt.engine.selection import make_selection
 from visprompt.engine.tracking import RunTrackers, check_tracking
 from visprompt.engine.trainer import TrainData, Trainer
+from visprompt.methods.fitted import FitsOnData
 from visprompt.robust.quality import PURIFY_PREFIX
 
 
@@ -77,6 +79,10 @@ def train_run(
     )
     if not method.trainable:
         return _finish_untrained(cfg, out, prep, started, overwrite, log)
+    selection = make_selection(prep)  # eval.select: best-val (None: the last epoch)
+    # a choice after the last epoch (best-val, a fitted method's val search): the test
+    # split is read once, after it, never inside the loop (eval.every aside: logging only)
+    test_after_loop = selection is not None or isinstance(method, FitsOnData)
     trainer = Trainer(
         method,
         TrainData(prep.train_features, labels, true_labels, live=prep.live),
@@ -94,6 +100,8 @@ def train_run(
         ckpt.set_rng_state(state["rng"])
         history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
+        if selection is not None:
+            selection.load_state_dict(state["selection"])
         log(f"resuming {out} after epoch {start_epoch}")
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +115,9 @@ def train_run(
 
     def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
         last = epoch + 1 == cfg.optim.epochs
-        if (every and (epoch + 1) % every == 0) or last:
+        if selection is not None:
+            metrics.update(selection.after_epoch(epoch))
+        if (every and (epoch + 1) % every == 0) or (last and not test_after_loop):
             metrics.update(evaluate_test(prep))
         history.append(metrics)
         # the checkpoint first: it holds the history, so a kill between the two writes
@@ -115,6 +125,8 @@ def train_run(
         # an epoch logged without the state to resume it from
         state = trainer.state_dict()
         state.update(epoch=epoch, history=history, rng=ckpt.rng_state())
+        if selection is not None:
+            state["selection"] = selection.state_dict()
         ckpt.save_state(out, state)
         ckpt.save_weights(
             out / ckpt.WEIGHTS_FILE, method.state_dict(), weights_metadata(prep, epoch + 1)
@@ -133,13 +145,22 @@ def train_run(
     except BaseException as exc:
         trackers.finish(None, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
-    final = {k: history[-1][k] for k in ("test_accuracy", "test_macro_accuracy")}
-    if finish_fitting(prep):  # a choice made on val after the last epoch (Tip-Adapter-F)
+    if selection is not None:
+        selection.restore()  # the weights of the epoch best on val
+    changed = finish_fitting(prep)  # a choice made on val after the last epoch (Tip-Adapter-F)
+    if test_after_loop:
         final = evaluate_test(prep)
+        if selection is None:  # the last epoch's model after its fitted choice: log it there
+            history[-1].update(final)
+            write_metrics(out, history)
+    else:
+        final = {k: history[-1][k] for k in ("test_accuracy", "test_macro_accuracy")}
+    if changed or selection is not None:  # the weights tested are the weights saved
         ckpt.save_weights(
             out / ckpt.WEIGHTS_FILE, method.state_dict(), weights_metadata(prep, cfg.optim.epochs)
         )
     result = _result(cfg, prep, final, started)
+    result.update(selection.record() if selection is not None else {"selection": "last"})
     result["seconds_per_epoch"] = sum(h["seconds"] for h in history) / len(history)
     result.update({k: v for k, v in history[-1].items() if k.startswith(PURIFY_PREFIX)})
     result = write_result(out, cfg, result, log)
