@@ -41,7 +41,10 @@ def test_demo_modes_are_shipped_sweep_files():
     smoke = load_demo_sweep("smoke")
     assert len(smoke.runs) == 4 and {r.config.data.shots for r in smoke.runs} == {4}
     full = load_demo_sweep("full")
-    assert len(full.runs) == 3 * (1 + 3 * 7)  # seeds x (zero-shot + 3 methods x 7 settings)
+    # seeds x (zero-shot + 3 methods x 7 settings), and 11 baseline runs per sym rate and seed
+    assert len(full.runs) == 3 * (1 + 3 * 7) + 3 * 3 * 11
+    baselines = load_sweep(REPO / "configs" / "sweeps" / "baselines-demo.yaml")
+    assert {r.run_id for r in baselines.runs} <= {r.run_id for r in full.runs}  # one database
     assert {(p[1], p[2]) for p in points(full)} >= {("asym", 0.25), ("sym", 0.75)}
     assert {p[3] for p in points(full)} == {1, 2, 3}
     # one home: the repo's demo sweep is the package's file, so `visprompt sweep` runs the same
