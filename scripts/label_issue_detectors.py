@@ -3,8 +3,10 @@
 For each noise setting (symmetric and pair-flip, 25/50/75%) this trains one run
 with ``visprompt train`` on the demo's run config (``src/visprompt/demo/demo.yaml``,
 its ``base``: demo-tiny CLIP, the synthetic-shapes task, 16 shots, 30 epochs)
-and then runs ``visprompt label-issues --compare`` on it, collecting every
-detector's numbers into one Markdown table (and a CSV next to the runs).
+and then compares every detector on it (what ``visprompt label-issues --compare``
+prints), collecting the numbers into Markdown tables - every detector under
+both scorings (``detectors.md``), and each at its default scoring
+(``detectors-default.md``) - and a CSV next to the runs.
 Runs that already finished are reused.
 
     .venv/bin/python scripts/label_issue_detectors.py --out /tmp/li-bench
@@ -25,6 +27,7 @@ import yaml
 from visprompt.cli import main as visprompt
 from visprompt.experiments.label_evidence import RunEvidence
 from visprompt.experiments.label_issues import COMPARE_COLUMNS, compare_detectors, compare_table
+from visprompt.robust.detector import DETECTORS
 
 NOISE = {"sym": "symmetric", "asym": "pair flip"}
 
@@ -37,6 +40,17 @@ def demo_run_config(method: str, noise: str, rate: float, seed: int) -> dict:
     cfg["noise"] = {"type": noise, "rate": rate}
     cfg["data"]["seed"] = seed
     return cfg
+
+
+def _default_scoring(detector: str) -> str:
+    cls = DETECTORS.get(detector)
+    return "zero-shot" if cls.evidence == "zero-shot" else cls.default_scoring
+
+
+def _with_noise(rows: list[dict]) -> str:
+    """The comparison table with a first column naming the noise setting."""
+    table = compare_table([{**r, "detector": f"{r['noise']} | {r['detector']}"} for r in rows])
+    return table.replace("| detector |", "| noise | detector |", 1).replace("|---|", "|---|---|", 1)
 
 
 def main() -> None:
@@ -71,12 +85,13 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    table = compare_table([{**r, "detector": f"{r['noise']} | {r['detector']}"} for r in rows])
-    table = table.replace("| detector |", "| noise | detector |", 1).replace(
-        "|---|", "|---|---|", 1
-    )
+    table = _with_noise(rows)
     (out / "detectors.md").write_text(table + "\n")
-    print(table)
+    # each detector at its default scoring (what `label-issues --detector NAME` runs)
+    defaults = [r for r in rows if r["scoring"].startswith(_default_scoring(r["detector"]))]
+    compact = _with_noise(defaults)
+    (out / "detectors-default.md").write_text(compact + "\n")
+    print(table, compact, sep="\n\n")
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     print(
         f"RESULT method={args.method} settings={len(args.noise) * len(args.rates)} "
