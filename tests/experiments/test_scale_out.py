@@ -97,6 +97,32 @@ def test_slots_interleave_gpus_and_the_eta_follows_finished_runs():
     assert bar.line().startswith("s: 1/5 done, 1 running, 1 failed, 2 queued, ETA ")
 
 
+def test_slurm_jobs_ask_for_the_resources_given(tmp_path, monkeypatch):
+    """The sbatch file submitit would submit (no cluster here: srun/sbatch are stand-ins)."""
+    from visprompt.experiments.runner.jobs import ClusterOptions, make_executor
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("srun", "sbatch"):
+        (bin_dir / name).write_text("#!/bin/sh\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    options = ClusterOptions(partition="gpu", gpus_per_run=2, time_min=90, cpus_per_run=8)
+    options.extra = {"account": "abc"}
+    executor = make_executor(options, tmp_path / "runs", "tiny")
+    text = executor._make_submission_file_text("python -m x", "uid")
+    for line in (
+        "--partition=gpu",
+        "--gpus-per-node=2",
+        "--time=90",
+        "--cpus-per-task=8",
+        "--account=abc",
+        "--signal=USR2@120",  # time to write the epoch's checkpoint before a pre-emption
+        f"--error={tmp_path / 'runs' / 'submitit' / '%j'}/%j_0_log.err",
+    ):
+        assert f"#SBATCH {line}\n" in text, line
+
+
 def test_a_schema_1_database_gains_the_device_and_job_columns(tmp_path):
     import sqlite3
 
@@ -275,3 +301,41 @@ def test_collect_after_a_crash_ingests_what_finished_and_nothing_twice(tiny_swee
     assert rows_by_id(db) == rows  # collecting again writes nothing: no row, no epoch twice
     assert db_rows(db, "SELECT COUNT(*) AS n FROM epochs")[0]["n"] == epochs
     assert db_rows(db, "PRAGMA integrity_check")[0]["integrity_check"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_rerun_watches_the_jobs_still_running_and_submits_nothing_twice(tiny_sweep, tmp_path):
+    import subprocess
+    import sys
+
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(tiny_sweep.runs_dir, runs_dir)
+    sweep = load_sweep(TINY_SWEEP, [f"data.root={tiny_sweep.root}"])
+    still = sweep.runs[-1].run_id  # its job runs on: no result yet
+    (runs_dir / still / "result.json").unlink()
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    db = tmp_path / "w.sqlite"
+    with ResultsStore(db) as store:  # the first submitter died; its jobs did not
+        store.add_pending(
+            (r.run_id, r.config.to_dict(), "tiny", str(runs_dir / r.run_id)) for r in sweep.runs
+        )
+        store.mark_submitted([(r.run_id, str(job.pid)) for r in sweep.runs], "local", 1)
+    args = ["sweep", "--config", str(TINY_SWEEP), "--db", str(db), "--quiet"]
+    args += ["--set", f"data.root={tiny_sweep.root}", "--runs-dir", str(runs_dir)]
+    args += ["--executor", "local", "--poll-seconds", "0.1"]
+    codes: list[int] = []
+    sweeping = threading.Thread(target=lambda: codes.append(main(args)))
+    try:
+        sweeping.start()
+        done = "SELECT COUNT(*) AS n FROM runs WHERE status = 'done'"
+        assert wait_until(lambda: db_rows(db, done)[0]["n"] == 7, 60)
+        assert sweeping.is_alive()  # still watching the job that runs on
+    finally:
+        job.kill()  # ... which then dies without finishing its run
+        job.wait()
+        sweeping.join(60)
+    assert codes == [1]
+    rows = rows_by_id(db)
+    assert rows[still]["status"] == "interrupted"
+    assert {r["job_id"] for r in rows.values()} == {str(job.pid)}  # nothing was submitted
+    assert {r["attempts"] for r in rows.values()} == {1}

@@ -257,7 +257,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_dry_run(plan, every=args.list)
         return 0
-    if not plan.new:
+    if not plan.new and not (options is not None and plan.busy):  # busy jobs are watched
         print("nothing to run")
         return 0 if not plan.failed else 1
     if options is not None:

@@ -171,17 +171,25 @@ def submit_sweep(
     outcome = SweepOutcome()
     executor = make_executor(options, plan.runs_dir, plan.sweep.name)
     limit = options.array_parallelism
-    bar = SweepProgress(plan.sweep.name, len(plan.new), enabled=progress, parallel=limit)
-    say = echo or bar.write
     scheduler = CacheScheduler(plan.new)
-    by_id = {r.run_id: r for r in plan.new}
-    jobs: dict[str, Any] = {}  # run id -> submitit job of a run in flight
+    by_id = {r.run_id: r for r in [*plan.new, *plan.busy]}
+    # run id -> submitit job of a run in flight (None: a job an earlier sweep submitted)
+    jobs: dict[str, Any] = {}
     try:
         with ResultsStore(plan.db, timeout=timeout) as store:
             store.add_pending(
                 (r.run_id, r.config.to_dict(), plan.sweep.name, str(plan.run_dir(r)))
                 for r in plan.new
             )
+            # jobs still running from an earlier sweep are watched (and ingested) too
+            busy = store.statuses(r.run_id for r in plan.busy)
+            jobs.update({i: None for i, row in busy.items() if row.get("job_id")})
+            bar = SweepProgress(
+                plan.sweep.name, len(plan.new) + len(jobs), enabled=progress, parallel=limit
+            )
+            for run_id in jobs:
+                bar.start(run_id)
+            say = echo or bar.write
             try:
                 while len(scheduler) or jobs:
                     batch = _next_batch(scheduler, jobs, options, limit)
@@ -206,7 +214,8 @@ def submit_sweep(
                     "command (or add --collect) to ingest them"
                 )
     finally:
-        bar.close()
+        if "bar" in locals():
+            bar.close()
         outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -265,8 +274,8 @@ def _poll(
 
     if not jobs:
         return
-    alive = _alive(jobs, options)
     rows = store.statuses(jobs)
+    alive = _alive(jobs, rows, options)
     for run_id in list(jobs):
         run, run_dir = by_id[run_id], plan.run_dir(by_id[run_id])
         state = settle(store, rows[run_id], run, run_dir, alive=alive[run_id])
@@ -292,16 +301,21 @@ def _poll(
             say(f"failed {run_id} ({run.describe()}): {error}")
 
 
-def _alive(jobs: dict[str, Any], options: ClusterOptions) -> dict[str, bool]:
-    """Whether each job in flight still runs (one ``sacct`` call for all SLURM jobs)."""
-    if options.executor == "local":
-        return {
-            run_id: job._process is not None and job._process.poll() is None
-            for run_id, job in jobs.items()
-        }
+def _alive(jobs: dict[str, Any], rows: dict[str, dict], options: ClusterOptions) -> dict:
+    """Whether each job in flight still runs (one ``sacct`` call for all SLURM jobs).
+
+    A job of this process is asked through its submitit handle; one an earlier
+    sweep submitted (``None``) through :func:`job_alive` and its row.
+    """
     from visprompt.experiments.runner.jobs import SLURM_ALIVE, slurm_states
 
-    states = slurm_states([job.job_id for job in jobs.values()])
-    return {
-        run_id: states.get(job.job_id, "UNKNOWN") in SLURM_ALIVE for run_id, job in jobs.items()
-    }
+    alive = {i: job_alive(rows[i]) for i, job in jobs.items() if job is None}
+    ours = {i: job for i, job in jobs.items() if job is not None}
+    if options.executor == "local":
+        alive.update(
+            {i: j._process is not None and j._process.poll() is None for i, j in ours.items()}
+        )
+    elif ours:
+        states = slurm_states([job.job_id for job in ours.values()])
+        alive.update({i: states.get(j.job_id, "UNKNOWN") in SLURM_ALIVE for i, j in ours.items()})
+    return alive

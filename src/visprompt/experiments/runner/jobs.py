@@ -29,6 +29,7 @@ watcher). :func:`job_alive` is what the planner and the claims use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -100,10 +101,11 @@ def check_options(options: ClusterOptions) -> None:
         raise VispromptError(
             f"unknown --executor {options.executor!r}; choose one of: {', '.join(EXECUTORS)}"
         )
-    if options.executor == "slurm" and shutil.which("sbatch") is None:
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if options.executor == "slurm" and missing:
         raise VispromptError(
-            "--executor slurm needs SLURM's sbatch, which is not on PATH; run on a SLURM "
-            "login node (or load its module), or use --executor local / --jobs N here"
+            f"--executor slurm needs SLURM's {missing[0]}, which is not on PATH; run on a "
+            "SLURM login node (or load its module), or use --executor local / --jobs N here"
         )
     for name, value, least in (
         ("--slurm-gpus-per-run", options.gpus_per_run, 0),
@@ -177,7 +179,8 @@ def run_job(task: dict) -> dict:
     """
     from visprompt.experiments.worker import RUN_LOG, error_line, start_mode
 
-    os.chdir(task["cwd"])
+    with contextlib.suppress(OSError):  # relative paths as on the submitting host, if shared
+        os.chdir(task["cwd"])
     run_dir = Path(task["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     info = {
