@@ -34,10 +34,14 @@ def test_accuracy_band_is_the_interval_of_each_point():
     )
     ax = Figure().subplots()
     _draw_accuracy(ax, table, "dtd", "sym")
-    (line,) = ax.get_lines()
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "coop"]
     assert list(line.get_xdata()) == [25.0, 50.0, 75.0]
     assert list(line.get_ydata()) == pytest.approx([72.0, 62.0, 40.0])
-    (band,) = ax.collections
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    (caps,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    segments = {tuple(seg[0]): tuple(seg[1]) for seg in caps.get_segments()}
     verts = band.get_paths()[0].vertices
     expected = {
         25.0: cells[(("dtd", "sym"), (0.25, "coop"))].ci,
@@ -46,7 +50,9 @@ def test_accuracy_band_is_the_interval_of_each_point():
     for x, (low, high) in expected.items():
         ys = sorted(y for vx, y in verts if vx == x)
         assert ys[0] == pytest.approx(low) and ys[-1] == pytest.approx(high)
+        assert segments[(x, low)] == pytest.approx((x, high))  # the error bar: the same interval
     assert 75.0 not in {vx for vx, _ in verts}
+    assert len(segments) == 2  # the point of one run has no interval
 
 
 def test_report_run_gives_per_class_accuracy(colour_dataset, tmp_path, capsys):

@@ -72,15 +72,26 @@ def _draw_accuracy(ax: Any, table: Table, dataset: str, noise: str) -> None:
         pts = sorted(points[label], key=lambda p: p[0])
         xs = [100 * rate for rate, _ in pts]
         (line,) = ax.plot(xs, [cell.mean for _, cell in pts], marker="o", label=label)
-        banded = [(x, cell.ci) for x, (_, cell) in zip(xs, pts, strict=True) if cell.ci]
+        banded = [(x, cell) for x, (_, cell) in zip(xs, pts, strict=True) if cell.ci]
         if banded:
+            color = line.get_color()
             ax.fill_between(
                 [x for x, _ in banded],
-                [ci[0] for _, ci in banded],
-                [ci[1] for _, ci in banded],
-                color=line.get_color(),
+                [c.ci[0] for _, c in banded],
+                [c.ci[1] for _, c in banded],
+                color=color,
                 alpha=0.18,
                 linewidth=0,
+            )
+            # the same intervals as caps: visible at a rate drawn alone, where a band is not
+            ax.errorbar(
+                [x for x, _ in banded],
+                [c.mean for _, c in banded],
+                yerr=[[c.mean - c.ci[0] for _, c in banded], [c.ci[1] - c.mean for _, c in banded]],
+                fmt="none",
+                ecolor=color,
+                capsize=3,
+                alpha=0.7,
             )
     ax.set_xlabel(f"{noise} label noise rate (%)")
     ax.set_ylabel("test accuracy (%), band: 95% CI")

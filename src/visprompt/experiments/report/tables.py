@@ -491,8 +491,11 @@ CELL_FIELDS = ("n", "mean", "std", "ci_low", "ci_high", "best", "values", "seeds
 
 
 def _cell_fields(cell: Cell) -> list:
-    """The :data:`CELL_FIELDS` of one cell; per-seed values and seeds ``;``-joined, in run order."""
+    """The :data:`CELL_FIELDS` of one cell; per-seed values, seeds and run ids ``;``-joined,
+    in the order of the seeds."""
     low, high = cell.ci or (None, None)
+    seeds = cell.seeds if len(cell.seeds) == cell.n else [None] * cell.n
+    order = sorted(range(cell.n), key=lambda i: (seeds[i] is None, str(seeds[i]).zfill(12)))
     return [
         cell.n,
         _num(cell.mean),
@@ -500,9 +503,12 @@ def _cell_fields(cell: Cell) -> list:
         _num(low),
         _num(high),
         int(cell.best),
-        ";".join(f"{v:.6f}" for v in cell.values),
-        ";".join("" if s is None else str(s) for s in cell.seeds),
-        ";".join(cell.run_ids),
+        ";".join(f"{cell.values[i]:.6f}" for i in order),
+        ";".join("" if seeds[i] is None else str(seeds[i]) for i in order),
+        # an Average cell's runs are every dataset's: all of them, in dataset order
+        ";".join(cell.run_ids[i] for i in order)
+        if len(cell.run_ids) == cell.n
+        else ";".join(cell.run_ids),
     ]
 
 

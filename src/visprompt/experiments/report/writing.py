@@ -200,6 +200,9 @@ def _write_all(
             f"are listed ({len(compared)} of them). {selection}"
         )
         pmd += ["", _comparison_markdown(compared)]
+        if not compared:
+            pmd += ["", "No cell of this report has a published number (dataset, noise, rate, "
+                    "method, backbone and shots must all match)."]  # fmt: skip
         put("published.md", "\n".join(pmd) + "\n")
         put("published.csv", csv_text(COMPARISON_HEADER, [_csv_row(r) for r in compared]))
         if latex:
