@@ -226,3 +226,34 @@ def test_find_label_issues_keeps_the_purifier_verdict_of_an_ot_run(colour_datase
     out_of_sample = find_label_issues(tmp_path / "nlp", folds=2)
     assert out_of_sample.detector == "ot" and out_of_sample.detection.scoring == "out-of-sample"
     assert "2-fold cross-fit" in out_of_sample.verdict_source
+
+
+def test_a_best_val_run_cross_fits_with_its_selection(colour_dataset, tmp_path):
+    over = run_overrides(
+        colour_dataset,
+        "coop",
+        **{"noise.type": "sym", "noise.rate": 0.5, "eval.select": "best-val"},
+    )
+    train_run(load_run_config(None, over), tmp_path / "bv", **QUIET)
+    evidence, seen = _captured_folds(tmp_path / "bv", 2)
+    cfg, given = evidence.run.cfg, evidence.given
+    prep = cf.prepare_training_set(
+        cfg, [s.path for s in evidence.samples], given, False, QUIET["log"]
+    )
+    keep = evidence.crossfit.folds != 0
+    method = build_method(cfg, prep.backbone, prep.splits.classnames, prep.spec.templates)
+    val_feats, val_labels = prep.validation.features.plain_view(), prep.validation.labels()
+    epochs = []  # (noisy-val accuracy, weights) after each epoch, computed here directly
+
+    def record(epoch, metrics):
+        correct = predict_logits(method, val_feats).argmax(-1) == val_labels
+        weights = {n: t.detach().clone() for n, t in method.state_dict().items()}
+        epochs.append((float(correct.float().mean()), weights))
+
+    data = TrainData(prep.train_features.subset(keep), given[keep])
+    Trainer(method, data, cfg.optim, seed=cfg.train_seed, progress=False).fit(on_epoch=record)
+    best = max(range(len(epochs)), key=lambda e: (epochs[e][0], -e))  # earliest of ties
+    chosen = seen[0][0]
+    for name, value in epochs[best][1].items():
+        assert torch.equal(chosen[name], value), name
+    assert best != len(epochs) - 1  # here the choice matters: the last epoch is not the best

@@ -18,6 +18,7 @@ batches derive from the run's seeds.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from visprompt.data.features import LiveFeatures
 from visprompt.engine.assembly import PreparedRun, build_method, prepare_run
 from visprompt.engine.evaluate import predict_logits
 from visprompt.engine.run_folder import Log
+from visprompt.engine.selection import make_selection
 from visprompt.engine.trainer import TrainData, Trainer
 from visprompt.errors import VispromptError
 from visprompt.methods import PromptMethod
@@ -86,6 +88,11 @@ def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     for fold, (_, held) in enumerate(splitter.split(y.reshape(-1, 1), y)):
         folds[torch.from_numpy(held)] = fold
     return folds
+
+
+def _select_after(selection) -> Callable[[int, dict], None]:
+    """The trainer's per-epoch callback that lets ``selection`` see each epoch's model."""
+    return lambda epoch, metrics: selection.after_epoch(epoch)
 
 
 @dataclass(frozen=True)
@@ -180,9 +187,14 @@ def cross_fit(
             eval_batch_size=cfg.engine.batch_size,
             progress=progress,
         )
-        trainer.fit()
+        # the run's model selection (eval.select: best-val chooses an epoch on the val
+        # split, which no fold holds), then a fitted method's own choice, as train_run
+        selection = make_selection(dataclasses.replace(prep, method=method))
+        trainer.fit(on_epoch=None if selection is None else _select_after(selection))
+        if selection is not None:
+            selection.restore()
         if isinstance(method, FitsOnData):
-            method.after_training()  # its after-training choice, as the run made it
+            method.after_training()
         logits = predict_logits(
             method, feats.subset(held).plain_view(), cfg.engine.batch_size, cfg.precision
         )
