@@ -328,8 +328,10 @@ def test_a_rerun_watches_the_jobs_still_running_and_submits_nothing_twice(tiny_s
     try:
         sweeping.start()
         done = "SELECT COUNT(*) AS n FROM runs WHERE status = 'done'"
-        assert wait_until(lambda: db_rows(db, done)[0]["n"] == 7, 60)
-        assert sweeping.is_alive()  # still watching the job that runs on
+        # collected, planned (the live job's run is not resubmitted) and now watching
+        watching = runs_dir / "submitit"  # made when the submitting part starts
+        assert wait_until(lambda: db_rows(db, done)[0]["n"] == 7 and watching.is_dir(), 60)
+        assert sweeping.is_alive()
     finally:
         job.kill()  # ... which then dies without finishing its run
         job.wait()
