@@ -123,6 +123,38 @@ def test_slurm_jobs_ask_for_the_resources_given(tmp_path, monkeypatch):
         assert f"#SBATCH {line}\n" in text, line
 
 
+def test_an_ended_job_is_failed_with_its_error_or_interrupted_with_its_stderr_tail(tmp_path):
+    from visprompt.experiments.runner.cluster import settle
+    from visprompt.experiments.runner.jobs import JOB_ERROR, job_stderr
+
+    runs = load_sweep(TINY_SWEEP, [f"data.root={tmp_path}"]).runs[:3]
+    runs_dir = tmp_path / "runs"
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.add_pending(
+            (r.run_id, r.config.to_dict(), "tiny", str(runs_dir / r.run_id)) for r in runs
+        )
+        jobs = [(r.run_id, f"77_{i}") for i, r in enumerate(runs)]
+        store.mark_submitted(jobs, "slurm", owner_pid=1)
+        for run, (_, job_id) in zip(runs, jobs, strict=True):
+            (runs_dir / run.run_id).mkdir(parents=True)
+            stderr = job_stderr(runs_dir, job_id)
+            stderr.parent.mkdir(parents=True)
+            stderr.write_text("".join(f"line {n}\n" for n in range(5000)) + f"end of {job_id}\n")
+        (runs_dir / runs[0].run_id / JOB_ERROR).write_text(json.dumps({"error": "no data here"}))
+        rows = store.statuses(r.run_id for r in runs)
+        states = [
+            settle(store, rows[r.run_id], r, runs_dir / r.run_id, alive=alive)
+            for r, alive in zip(runs, (False, False, True), strict=True)
+        ]
+        got = [store.get_run(r.run_id) for r in runs]
+    assert states == ["failed", "interrupted", "running"]
+    assert got[0]["status"] == "failed" and got[0]["error"] == "no data here"
+    assert got[1]["status"] == "interrupted" and "slurm job 77_1 ended before" in got[1]["error"]
+    for row, job_id in zip(got[:2], ("77_0", "77_1"), strict=True):  # the last 4000 characters
+        assert row["log_tail"].endswith(f"end of {job_id}\n") and len(row["log_tail"]) == 4000
+    assert got[2]["status"] == "running" and got[2]["log_tail"] is None
+
+
 def test_a_schema_1_database_gains_the_device_and_job_columns(tmp_path):
     import sqlite3
 

@@ -242,6 +242,8 @@ def test_failed_runs_are_recorded_and_retried_and_stale_runs_resume(tiny_sweep, 
     rows = runs_by_id(db)
     assert rows[bad.run_id]["status"] == "failed" and str(later) in rows[bad.run_id]["error"]
     assert "\n" not in rows[bad.run_id]["error"]
+    # the failed run's log stays in the store (its train.log, whatever happens to the folder)
+    assert f"run {bad.run_id} (fresh)" in rows[bad.run_id]["log_tail"]
     resumed = rows[good.run_id]
     assert resumed["status"] == "done" and resumed["resumed"] == 1 and resumed["attempts"] == 2
     assert "resuming" in (runs_dir / good.run_id / "train.log").read_text()
