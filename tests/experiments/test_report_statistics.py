@@ -8,6 +8,7 @@ scipy's own ``t.interval`` (not the report's code path).
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 from pathlib import Path
 
@@ -28,6 +29,19 @@ def read_csv(path: Path) -> list[dict]:
 
 def interval(values: list[float]) -> tuple[float, float]:
     return scipy_t.interval(0.95, len(values) - 1, loc=statistics.fmean(values), scale=sem(values))
+
+
+def assert_rows_fill_the_tabular(tex: str) -> None:
+    """Every row of every tabular has as many cells as its column spec (unescaped ``&`` + 1)."""
+    for block in tex.split(r"\begin{tabular}{")[1:]:
+        spec, body = block.split("}", 1)
+        rows = [ln for ln in body.split(r"\end{tabular}")[0].splitlines() if ln.endswith(r"\\")]
+        assert rows
+        for row in rows:
+            width = sum(int(w) for w in re.findall(r"\\multicolumn\{(\d+)\}", row))
+            cells = len(re.findall(r"(?<!\\)&", row)) + 1
+            multi = len(re.findall(r"\\multicolumn", row))
+            assert cells - multi + width == len(spec), row
 
 
 def add_run(store, run_id, method, dataset, rate, seed, accuracy, select=None, noise="sym"):
@@ -123,6 +137,8 @@ def test_intervals_best_rule_and_average_rows(db, tmp_path):
                   rf"{{\scriptsize [{lo:.1f}, {hi:.1f}]}}", "Average"):  # fmt: skip
         assert piece in tex, piece
     assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 1
+    assert_rows_fill_the_tabular(tex)
+    assert_rows_fill_the_tabular((out / "methods.tex").read_text())
     assert (out / "methods.tex").read_text().count(r"\begin{tabular}") == 2  # one per dataset
     index = (out / "index.md").read_text()
     assert "[table.tex](table.tex)" in index and "[methods.tex](methods.tex)" in index
