@@ -191,6 +191,8 @@ def _cluster_options(args: argparse.Namespace) -> Any:
         if not sep or not key.strip():
             raise VispromptError(f"--slurm-option {text!r} is not KEY=VALUE; e.g. account=abc")
         extra[key.strip()] = value
+    if args.poll_seconds is not None and args.poll_seconds <= 0:
+        raise VispromptError(f"--poll-seconds must be positive, got {args.poll_seconds:g}")
     local = args.executor == "local"
     gpus_per_run = args.slurm_gpus_per_run
     options = ClusterOptions(
