@@ -257,3 +257,40 @@ def test_a_best_val_run_cross_fits_with_its_selection(colour_dataset, tmp_path):
     for name, value in epochs[best][1].items():
         assert torch.equal(chosen[name], value), name
     assert best != len(epochs) - 1  # here the choice matters: the last epoch is not the best
+
+
+def test_precision_at_the_top_counts_whole_rows():
+    # 30 samples: the top 1% / 5% / 10% are the first 1 / 2 / 3 rows (ceil, at least 1)
+    given = torch.zeros(30, dtype=torch.long)
+    true = torch.zeros(30, dtype=torch.long)
+    true[[0, 2]] = 1  # rows 0 and 2 are wrong, row 1 is right
+    score = torch.linspace(1.0, 0.0, 30)  # ranked in index order
+    found = Detection(torch.zeros(30, dtype=torch.bool), score, torch.zeros(30, 2), "x", "x")
+    q = detection_quality(found, given, true)
+    assert (q["precision_at_1pct"], q["precision_at_5pct"]) == (1.0, 0.5)
+    assert q["precision_at_10pct"] == 2 / 3
+    assert q["num_flagged"] == 0 and math.isnan(q["precision"]) and q["recall"] == 0.0
+
+
+def test_a_new_detector_is_one_registration_away_from_compare(coop_run):
+    from visprompt.robust.detector import Detector, disagreement, register_detector
+
+    with DETECTORS.scoped():
+
+        @register_detector("second-choice")
+        class SecondChoice(Detector):
+            """Flags a label when it is not among the model's two most likely classes."""
+
+            def detect(self, inputs):
+                found = disagreement(inputs, "not in the top two")
+                top2 = inputs.probs.topk(2, dim=1).indices
+                flagged = (top2 != inputs.labels[:, None]).all(dim=1)
+                return Detection(flagged, found.score, inputs.probs, inputs.scoring, found.source)
+
+        evidence = RunEvidence.of_run(coop_run)
+        rows = {r["detector"]: r for r in compare_detectors(evidence, ("in-sample",))}
+        found = evidence.detect("second-choice", "in-sample")
+        top2 = evidence.in_sample_probs().topk(2, dim=1).indices
+        assert torch.equal(found.flagged, (top2 != evidence.given[:, None]).all(dim=1))
+        assert rows["second-choice"]["num_flagged"] == int(found.flagged.sum())
+    assert "second-choice" not in DETECTORS

@@ -44,7 +44,7 @@ from visprompt.experiments.cross_fit import FoldHook
 from visprompt.experiments.label_evidence import RunEvidence, run_purifier
 from visprompt.robust.detector import (
     DETECTORS,
-    TOP_FRACTIONS,
+    TOP_PERCENTS,
     Detection,
     Scoring,
     detection_quality,
@@ -244,7 +244,7 @@ COMPARE_COLUMNS = (
     ("recall", "recall"),
     ("F1", "f1"),
     ("AUROC", "auroc"),
-    *((f"P@{round(100 * f)}%", f"precision_at_{round(100 * f)}pct") for f in TOP_FRACTIONS),
+    *((f"P@{p}%", f"precision_at_{p}pct") for p in TOP_PERCENTS),
 )
 
 

@@ -38,7 +38,6 @@ Adding one is one new file in ``visprompt/robust/detectors/``::
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,8 +54,8 @@ from visprompt.robust.purifier import Purifier
 Evidence = Literal["model", "zero-shot"]
 #: How a trained model's probabilities were obtained.
 Scoring = Literal["in-sample", "out-of-sample"]
-#: Fractions of the ranking whose precision :func:`detection_quality` reports.
-TOP_FRACTIONS = (0.01, 0.05, 0.10)
+#: Percentages of the ranking whose precision :func:`detection_quality` reports.
+TOP_PERCENTS = (1, 5, 10)
 
 
 @dataclass(frozen=True)
@@ -194,8 +193,8 @@ def detection_quality(
         fraction truly wrong), ``recall`` (of the wrong labels, the fraction
         flagged) and their harmonic mean ``f1``; ``auroc`` of the score (ties
         count half, as in scikit-learn's ``roc_auc_score``); and
-        ``precision_at_<p>pct`` for each ``p`` of :data:`TOP_FRACTIONS`: the
-        fraction truly wrong among the first ``ceil(p * N)`` samples of
+        ``precision_at_<p>pct`` for each ``p`` of :data:`TOP_PERCENTS`: the
+        fraction truly wrong among the first ``max(1, ceil(p * N / 100))`` samples of
         :meth:`Detection.order` (flagged first, then by score: the CSV's top
         rows). An undefined ratio is NaN.
     """
@@ -220,9 +219,9 @@ def detection_quality(
         "auroc": _auroc(wrong, detection.score.cpu()),
     }
     order = detection.order()
-    for fraction in TOP_FRACTIONS:
-        k = max(1, math.ceil(fraction * len(order)))
-        out[f"precision_at_{round(100 * fraction)}pct"] = (
+    for percent in TOP_PERCENTS:
+        k = max(1, -(-percent * len(order) // 100))  # integer ceil: 10% of 30 is 3, not 4
+        out[f"precision_at_{percent}pct"] = (
             sum(bool(wrong[i]) for i in order[:k]) / min(k, len(order)) if order else float("nan")
         )
     return out
@@ -230,7 +229,7 @@ def detection_quality(
 
 __all__ = [
     "DETECTORS",
-    "TOP_FRACTIONS",
+    "TOP_PERCENTS",
     "Detection",
     "Detector",
     "DetectorInput",
