@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visprompt.experiments.report.tables import csv_text, md_escape
-from visprompt.experiments.report.writing import ReportFiles, _prepare_out, _swap_into_place
+from visprompt.experiments.report.writing import ReportFiles, prepare_out, swap_into_place
 
 
 @dataclass
@@ -137,7 +137,7 @@ def write_run_report(
     """
     out = Path(out).expanduser()
     pc = per_class_accuracy(run_dir, split, progress, allow_unfinished, root)
-    tmp = _prepare_out(out)
+    tmp = prepare_out(out)
     try:
         (tmp / "per_class.csv").write_text(per_class_csv(pc))
         per_class_plot(pc, tmp / "per_class.png")
@@ -158,7 +158,7 @@ def write_run_report(
             f"![per-class {split} accuracy](per_class.png)",
         ]
         (tmp / "index.md").write_text("\n".join(lines) + "\n")
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

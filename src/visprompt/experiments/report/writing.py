@@ -89,7 +89,7 @@ class ReportFiles:
     runs: int
 
 
-def _prepare_out(out: Path) -> Path:
+def prepare_out(out: Path) -> Path:
     """A temporary folder next to ``out``; refuse an ``out`` that is not a report."""
     if out.exists():
         if not out.is_dir():
@@ -103,7 +103,7 @@ def _prepare_out(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
+def swap_into_place(tmp: Path, out: Path) -> None:
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
         os.replace(out, old / "report")
@@ -145,12 +145,12 @@ def write_report(
         for row in store.list_runs():
             counts[row["status"]] += 1
         db_shown = store.path
-    tmp = _prepare_out(out)
+    tmp = prepare_out(out)
     try:
         files = _write_all(
             records, tmp, db_shown, counts, (datasets, methods, backbones), latex, published
         )
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
