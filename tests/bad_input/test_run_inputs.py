@@ -448,6 +448,7 @@ def _tiny_sweep_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
         ("2", ["--gpus", "0,a"], "is not a list of GPU ids"),
         ("2", ["--gpus", "0", "--runs-per-gpu", "0"], "--runs-per-gpu must be at least 1"),
         ("2", ["--gpus", "0", "--executor", "local"], "leave --gpus out"),
+        ("2", ["--gpus", "0", "--jobs", "4"], "with --gpus use --runs-per-gpu"),
         (None, ["--executor", "slurm"], "sbatch, which is not on PATH"),
         (None, ["--slurm-partition", "gpu"], "--slurm-partition needs --executor slurm"),
     ],

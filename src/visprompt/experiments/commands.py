@@ -229,6 +229,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise VispromptError(f"--runs-per-gpu must be at least 1, got {args.runs_per_gpu}")
     options = _cluster_options(args)
     gpus = parse_gpus(args.gpus) if args.gpus else None
+    if gpus is not None and args.jobs != 1:
+        raise VispromptError(
+            "--jobs and --gpus both set how many runs go at once; with --gpus use "
+            "--runs-per-gpu instead of --jobs"
+        )
     if gpus is not None and not (args.dry_run or args.collect):
         check_gpus(gpus)
     overrides = list(args.overrides)
