@@ -255,3 +255,14 @@ def test_latex_on_an_empty_store_is_one_line(tmp_path, capsys):
         f"error: results database {empty} holds no finished runs; run a sweep into it first"
     ]
     assert not out.exists()
+
+
+def test_missing_or_non_utf8_paper_file_is_one_line(db, tmp_path, capsys):
+    out = tmp_path / "report"
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("dataset,noise_type,rate,method,accuracy\n# caf\xe9\n".encode("latin-1"))
+    for paper, fragment in ((tmp_path / "nope.csv", "not found"), (latin1, "is not UTF-8 text")):
+        assert main(["report", "--db", str(db), "--out", str(out), "--paper", str(paper)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0] and ";" in err[0], err
+    assert not out.exists()
