@@ -31,7 +31,7 @@ from _common import ensure_omp_wait_policy, environment, median, print_table, re
 from visprompt.config import load_run_config
 from visprompt.engine.assembly import build_method, prepare_run
 from visprompt.engine.optim import build_optimizer
-from visprompt.engine.trainer import Trainer, TrainData, epoch_seed
+from visprompt.engine.trainer import TrainData, Trainer, epoch_seed
 from visprompt.methods import METHOD_REGISTRY, EpochContext, TrainBatch
 
 
@@ -63,7 +63,9 @@ def measure(name: str, batch: int, steps: int) -> dict:
     if not method.trainable:
         return {"method": name, "ms/step": "-", "epoch start ms": "-", "build ms": build_ms}
     labels = torch.tensor(prep.trainset.noise.noisy, dtype=torch.long)
-    trainer = Trainer(method, TrainData(prep.train_features, labels), cfg.optim, seed=1, progress=False)
+    trainer = Trainer(
+        method, TrainData(prep.train_features, labels), cfg.optim, seed=1, progress=False
+    )
     optimizer, _ = build_optimizer(method.parameters(), cfg.optim)
     generator = torch.Generator().manual_seed(epoch_seed(1, 0))
     ctx = EpochContext(
