@@ -196,6 +196,23 @@ def evaluate_run(
     ``allow_unfinished`` scores an interrupted run's last checkpoint; the result's
     ``status`` then says "unfinished: epoch N of M" ("" for a finished run).
     """
+    run, logits, labels = split_logits(run_dir, split, progress, allow_unfinished, root)
+    metrics = accuracy_metrics(logits, labels)
+    return {"split": split, "num_images": int(labels.numel()), **metrics, "status": run.status}
+
+
+def split_logits(
+    run_dir: str | Path,
+    split: str = "test",
+    progress: bool = True,
+    allow_unfinished: bool = False,
+    root: str | Path | None = None,
+) -> tuple[LoadedRun, torch.Tensor, torch.Tensor]:
+    """A run, its (M, K) logits on ``split``'s readable images and their (M,) labels.
+
+    The one path from a run folder to its predictions on a split: ``visprompt
+    eval`` and the per-class report both score through it.
+    """
     if split not in ("test", "val", "train"):
         raise VispromptError(f"unknown split {split!r}; choose test, val or train")
     run = load_run(run_dir, allow_unfinished=allow_unfinished, root=root)
@@ -203,8 +220,7 @@ def evaluate_run(
     feats = run_features(run, samples, progress)
     keep = feats.ok
     logits = predict_logits(run.method, feats.subset(keep).plain_view(), run.cfg.engine.batch_size)
-    metrics = accuracy_metrics(logits, labels[keep])
-    return {"split": split, "num_images": int(keep.sum()), **metrics, "status": run.status}
+    return run, logits, labels[keep]
 
 
 def predict_paths(

@@ -64,18 +64,9 @@ def per_class_accuracy(
     """
     import torch
 
-    from visprompt.engine.evaluate import predict_logits
-    from visprompt.engine.reload import load_run, run_features, split_samples
-    from visprompt.errors import VispromptError
+    from visprompt.engine.reload import split_logits
 
-    if split not in ("test", "val", "train"):
-        raise VispromptError(f"unknown split {split!r}; choose test, val or train")
-    run = load_run(run_dir, allow_unfinished=allow_unfinished, root=root)
-    samples, labels = split_samples(run, split)
-    feats = run_features(run, samples, progress)
-    keep = feats.ok
-    logits = predict_logits(run.method, feats.subset(keep).plain_view(), run.cfg.engine.batch_size)
-    labels = labels[keep]
+    run, logits, labels = split_logits(run_dir, split, progress, allow_unfinished, root)
     hit = logits.argmax(dim=-1) == labels
     k = len(run.classnames)
     images = torch.bincount(labels, minlength=k)
