@@ -110,3 +110,23 @@ def test_two_classes_and_a_class_no_label_names():
     assert rel_err(logits.softmax(-1)[:, [0, 2]], clf.predict_proba(x)) < 1e-6
     assert (logits.argmax(1).numpy() == clf.predict(x)).all()
     assert (logits[:, 1] < -1e3).all()  # never predicted, finite in a checkpoint
+
+
+def test_a_run_fits_without_torch_warning_about_the_schedule(colour_dataset, tmp_path):
+    import warnings
+
+    from vp_testing import run_overrides
+
+    from visprompt.config import load_run_config
+    from visprompt.engine.run import train_run
+
+    cfg = load_run_config(
+        None, run_overrides(colour_dataset, "linear-probe", **{"optim.epochs": 2})
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train_run(cfg, tmp_path / "run", progress=False, log=lambda message: None)
+    assert result["test_accuracy"] > 25.0  # 4 classes: better than chance
+    assert not [
+        (w.filename, w.lineno, str(w.message)) for w in caught if "lr_scheduler" in str(w.message)
+    ]

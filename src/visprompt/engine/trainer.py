@@ -8,7 +8,9 @@ checkpoint of epoch e ends exactly where the uninterrupted run ends.
 
 from __future__ import annotations
 
+import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -180,7 +182,12 @@ class Trainer:
                 "the last good checkpoint is kept - lower optim.lr or check the data"
             )
         lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # an epoch without batches (a fitted method such as linear-probe, whose
+            # solver sets the weights) steps the schedule but never the optimiser;
+            # torch would warn that the order is wrong, and nothing is
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
+            self.scheduler.step()
         seen = max(totals["seen"], 1)
         metrics: dict[str, float] = {
             "epoch": epoch + 1,
