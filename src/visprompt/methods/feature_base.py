@@ -18,7 +18,7 @@ import torch
 
 from visprompt.data.features import FeatureBatch
 from visprompt.methods.base import PromptMethod, cosine_logits
-from visprompt.methods.zeroshot import zero_shot_weights
+from visprompt.methods.zeroshot import register_zero_shot_anchor
 
 
 class FeatureMethod(PromptMethod):
@@ -26,10 +26,7 @@ class FeatureMethod(PromptMethod):
 
     def __init__(self, backbone, classnames, config, templates=()):
         super().__init__(backbone, classnames, config, templates)
-        # not persistent: rebuilt from the backbone, so the checkpoint holds only the head
-        self.register_buffer(
-            "zs_text", zero_shot_weights(backbone, self.classnames, templates), persistent=False
-        )
+        register_zero_shot_anchor(self, backbone, self.classnames, templates)
 
     def zero_shot_logits(self, image: torch.Tensor) -> torch.Tensor:
         return cosine_logits(image, self.zs_text, self.logit_scale)

@@ -33,7 +33,7 @@ from pydantic import Field
 from visprompt.method_spec import register_method
 from visprompt.methods.base import StepOutput, TrainBatch, cosine_logits
 from visprompt.methods.coop import ContextConfig, ContextMethod
-from visprompt.methods.zeroshot import zero_shot_weights
+from visprompt.methods.zeroshot import register_zero_shot_anchor
 from visprompt.robust.losses import cross_entropy, soft_cross_entropy
 
 
@@ -69,8 +69,7 @@ class ProGrad(ContextMethod):
 
     def __init__(self, backbone, classnames, config: ProGradConfig, templates=()):
         super().__init__(backbone, classnames, config, templates)
-        anchor = zero_shot_weights(backbone, self.classnames, templates)
-        self.register_buffer("zs_text", anchor, persistent=False)
+        register_zero_shot_anchor(self, backbone, self.classnames, templates)
 
     def training_loss(self, batch: TrainBatch) -> StepOutput:
         cfg = self.config

@@ -42,6 +42,18 @@ def zero_shot_weights(
     return torch.stack(feats).float()
 
 
+def register_zero_shot_anchor(
+    module: torch.nn.Module, backbone, classnames: Sequence[str], templates: Sequence[str] = ()
+) -> None:
+    """Give ``module`` the (K, D) buffer ``zs_text``: the zero-shot classifier it anchors to.
+
+    Not persistent: it is rebuilt from the frozen backbone whenever the method is
+    built, so a checkpoint holds only what trains.
+    """
+    weights = zero_shot_weights(backbone, classnames, templates)
+    module.register_buffer("zs_text", weights, persistent=False)
+
+
 @register_method(
     "zeroshot",
     config=ZeroShotConfig,
